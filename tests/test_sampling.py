@@ -1,0 +1,111 @@
+import pytest
+import torch
+
+from jit_diffusion.sampling import GuidedVelocity, guidance_weights, sample, solve, time_grid
+
+
+def test_golden_sample(golden):
+    model = golden.model()
+    s = golden.meta["sampler"]
+    out = sample(model, golden["sample.noise"], golden["sample.y"], method=s["method"], steps=s["steps"],
+                 cfg=s["cfg"], cfg_interval=tuple(s["interval"]), noise_scale=s["noise_scale"], t_eps=s["t_eps"])
+    assert out.dtype == torch.float32
+    assert (out - golden["sample.out"]).abs().max().item() <= 1e-4
+
+
+class RowCounter(torch.nn.Module):
+    """Wraps a model and counts the rows it is asked to evaluate."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.num_classes = model.num_classes
+        self.rows = 0
+        self.calls = 0
+
+    def forward(self, z, t, y):
+        self.rows += z.shape[0]
+        self.calls += 1
+        return self.model(z, t, y)
+
+
+def test_heun50_cfg_network_rows(golden):
+    counter = RowCounter(golden.model())
+    B = 2
+    seen = {}
+    sample(counter, torch.randn(B, 3, 32, 32), torch.tensor([1, 2]), steps=50, cfg=2.9, cfg_interval=(0.1, 1.0),
+           velocity_hook=lambda v: seen.setdefault("v", v))
+    velocity = seen["v"]
+    assert velocity.calls == 99  # 49 Heun steps x 2 + one final Euler step
+    guided = (velocity.rows - velocity.calls * B) // B
+    assert guided == 88
+    assert counter.rows == 187 * B  # the reference computes 198 rows per image
+    assert counter.calls == 99
+
+
+def test_cfg_one_never_runs_unconditional(golden):
+    counter = RowCounter(golden.model())
+    sample(counter, torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2]), steps=5, cfg=1.0)
+    assert counter.rows == 9 * 3
+
+
+def test_guidance_weights_interval_edges():
+    times = time_grid(10)  # 0, 0.1, ..., 1
+    w = guidance_weights(times, 3.0, (0.1, 1.0))
+    assert w[0] == 1.0 and w[1] == 1.0 and w[2] == 3.0 and w[-1] == 1.0
+    w0 = guidance_weights(times, 3.0, (0.0, 0.5))
+    assert w0[0] == 3.0  # lower bound inclusive when it is 0
+    assert w0[5] == 1.0  # t = 0.5 is not < 0.5
+
+
+def test_euler_exact_for_constant_field():
+    velocity_field = torch.tensor([[1.5, -2.0]])
+    z0 = torch.tensor([[0.3, 0.7]])
+    times = time_grid(7)
+    out = solve(lambda z, t, w: velocity_field.expand_as(z), z0, times, [1.0] * 8, method="euler")
+    assert torch.allclose(out, z0 + velocity_field, atol=1e-6)
+
+
+def test_heun_exact_for_field_linear_in_t():
+    a, b = 0.5, -3.0  # v(t) = a + b t  ->  z(1) = z0 + a + b / 2
+    z0 = torch.tensor([[0.25]], dtype=torch.float64)
+    times = time_grid(8).double()
+    field = lambda z, t, w: torch.full_like(z, a) + b * t
+    out = solve(field, z0, times, [1.0] * 9, method="heun", final_euler=False)
+    assert torch.allclose(out, z0 + a + b / 2, atol=1e-12)
+    # the reference's final Euler step is off by exactly the Euler error of the last interval
+    dt = 1 / 8
+    out_final_euler = solve(field, z0, times, [1.0] * 9, method="heun")
+    assert torch.allclose(out_final_euler, z0 + a + b / 2 - b * dt * dt / 2, atol=1e-12)
+    # Euler is not exact for this field: its error is b dt / 2 over [0, 1]
+    out_euler = solve(field, z0, times, [1.0] * 9, method="euler")
+    assert torch.allclose(out_euler, z0 + a + b / 2 - b * dt / 2, atol=1e-12)
+
+
+def test_cfg_combination_formula():
+    class Fixed(torch.nn.Module):
+        num_classes = 4
+
+        def forward(self, z, t, y):  # x-prediction: cond rows -> 1, uncond rows -> 0
+            return (y < 4).float().view(-1, 1, 1, 1).expand_as(z).clone()
+
+    z = torch.zeros(2, 3, 2, 2)
+    velocity = GuidedVelocity(Fixed(), torch.tensor([0, 1]), null_label=4, t_eps=0.05)
+    v = velocity(z, torch.tensor(0.5), 3.0)
+    # v_c = (1 - 0) / 0.5 = 2, v_u = 0: v = 0 + 3 * 2
+    assert torch.allclose(v, torch.full_like(v, 6.0))
+
+
+def test_state_stays_fp32_under_bf16_autocast(golden):
+    model = golden.model()
+    noise = golden["sample.noise"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sample(model, noise, golden["sample.y"], steps=6, cfg=2.5)
+    assert out.dtype == torch.float32
+    rel = (out - golden["sample.out"]).norm() / golden["sample.out"].norm()
+    assert rel.item() < 2e-2
+
+
+def test_bad_method():
+    with pytest.raises(ValueError, match="sampling method"):
+        solve(lambda z, t, w: z, torch.zeros(1), time_grid(2), [1.0] * 3, method="rk4")
