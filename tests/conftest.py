@@ -42,3 +42,29 @@ def golden() -> Golden:
 @pytest.fixture(scope="session")
 def manifest() -> dict:
     return json.loads((FIXTURES / "official_state_dict_manifest.json").read_text())
+
+
+def make_image_folder(root: Path, num_classes: int = 4, per_class: int = 8, size: int = 16, flat: bool = False) -> Path:
+    """Write small PNGs: class k is a colour-tinted gradient with a bright square at a k-dependent place."""
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for k in range(num_classes):
+        folder = root if flat else root / f"class_{k}"
+        folder.mkdir(exist_ok=True)
+        for i in range(per_class):
+            base = np.zeros((size, size, 3), dtype=np.float32)
+            base[..., k % 3] = np.linspace(40, 200, size)[None, :]
+            q = size // 4
+            y0, x0 = (k // 2) * 2 * q, (k % 2) * 2 * q
+            base[y0 : y0 + q, x0 : x0 + q] = 255
+            base += rng.normal(0, 8, base.shape)
+            Image.fromarray(base.clip(0, 255).astype(np.uint8)).save(folder / f"img_{k}_{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "images")

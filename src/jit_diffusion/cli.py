@@ -13,6 +13,8 @@ import importlib
 import os
 import sys
 
+from .errors import UserError
+
 # modules that register subcommands, in the order they appear in `jit --help`
 _COMMAND_MODULES = [
     "jit_diffusion.train",
@@ -23,10 +25,6 @@ _COMMAND_MODULES = [
     "jit_diffusion.convert",
     "jit_diffusion.toy",
 ]
-
-
-class UserError(Exception):
-    """An error caused by the user's input; printed as one line without a traceback."""
 
 
 def _presets(args: argparse.Namespace) -> None:

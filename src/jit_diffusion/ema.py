@@ -17,7 +17,9 @@ class EMA:
     EMA tensors are fp32 and live on the model's device.
     """
 
-    def __init__(self, model: nn.Module, decays: Sequence[float] = (0.9999, 0.9996), names: Sequence[str] | None = None):
+    def __init__(
+        self, model: nn.Module, decays: Sequence[float] = (0.9999, 0.9996), names: Sequence[str] | None = None
+    ):
         names = list(names) if names is not None else [f"ema{i + 1}" for i in range(len(decays))]
         if len(names) != len(decays):
             raise ValueError(f"got {len(decays)} EMA decays but {len(names)} names")

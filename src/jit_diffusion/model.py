@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -91,8 +93,18 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-class JiT(nn.Module):
-    """JiT denoiser network: forward(z, t, y) -> predicted clean image (B, C, H, W)."""
+class JiT(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="jit-diffusion",
+    tags=["diffusion", "pixel-diffusion", "image-generation"],
+    paper_url="https://arxiv.org/abs/2511.13720",
+):
+    """JiT denoiser network: forward(z, t, y) -> predicted clean image (B, C, H, W).
+
+    ``JiT.from_pretrained(folder_or_repo)`` and ``model.save_pretrained(folder)`` read and write the
+    export format of :mod:`jit_diffusion.convert` (``config.json`` + ``model.safetensors``).
+    """
 
     def __init__(
         self,
@@ -225,6 +237,24 @@ class JiT(nn.Module):
     def num_params(self) -> int:
         """Number of parameters, pos_embed included (as the official counts are)."""
         return sum(p.numel() for p in self.parameters())
+
+    # Hub-mixin hooks: both entry points go through convert.py, so they share one folder format.
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (called by ``save_pretrained``)."""
+        from .convert import write_pretrained_files
+
+        write_pretrained_files(self, save_directory, getattr(self, "pretrained_info", None))
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", dtype: torch.dtype | None = None,
+                         **hub_kwargs) -> JiT:
+        """Load an export folder or Hub repo (called by ``from_pretrained``); keeps its ModelInfo."""
+        from .convert import load_pretrained, pretrained_folder
+
+        folder = pretrained_folder(model_id, **hub_kwargs)
+        model, info = load_pretrained(folder, device=map_location, dtype=dtype, model_cls=cls)
+        model.pretrained_info = info
+        return model
 
 
 # ---------------------------------------------------------------------------------------------
