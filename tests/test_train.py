@@ -75,10 +75,11 @@ def test_resume_refuses_changed_trajectory(tmp_path, image_folder):
 
 
 def test_two_processes_match_one(tmp_path):
-    """torchrun with 2 gloo processes == 1 process on the same global batch (and == grad accumulation).
+    """torchrun with 2 gloo processes (DDP, and FSDP2 with a resume) == 1 process on the same global batch
+    (and == gradient accumulation).
 
     Draws and data order depend only on the position in the global batch, so the runs differ only in
-    the order of floating-point reductions; after 6 AdamW steps the weights agree to 1e-5 (max abs).
+    the order of floating-point reductions; after 6 AdamW steps weights and EMAs agree to 1e-5 (max abs).
     """
     data = make_image_folder(tmp_path / "data")
     common = [*TINY, "--data", str(data), "--steps", "6", "--ckpt-every", "6", "--label-drop", "0.3"]
@@ -86,18 +87,25 @@ def test_two_processes_match_one(tmp_path):
     assert one.returncode == 0, one.stderr
     accum = _jit("train", *common, "--grad-accum", "2", "--out", str(tmp_path / "accum"))
     assert accum.returncode == 0, accum.stderr
-    two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "jit_diffusion.cli", "train", *common, "--out", str(tmp_path / "two")],
-        capture_output=True, text=True, env=ENV, timeout=600,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
+    def torchrun(*extra):
+        res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              "-m", "jit_diffusion.cli", "train", *common, *extra],
+                             capture_output=True, text=True, env=ENV, timeout=600)  # fmt: skip
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    torchrun("--out", str(tmp_path / "two"))
+    # FSDP2: 3 steps, then resume (sharded optimizer/EMA state re-loaded from full tensors) to 6
+    torchrun("--fsdp", "--out", str(tmp_path / "fsdp"), "--steps", "3")
+    torchrun("--fsdp", "--out", str(tmp_path / "fsdp"), "--resume")
     ref = _final_weights(tmp_path / "one")
     ckpt_two = read_checkpoint(latest_checkpoint(tmp_path / "two"))
     assert ckpt_two["world_size"] == 2 and len(ckpt_two["rng"]) == 2
-    for other in (_final_weights(tmp_path / "two"), _final_weights(tmp_path / "accum")):
-        worst = max((ref["model"][k] - other["model"][k]).abs().max().item() for k in ref["model"])
-        assert worst < 1e-5
+    for name in ("two", "accum", "fsdp"):
+        other = _final_weights(tmp_path / name)
+        assert other["step"] == 6
+        for key in ("model", "ema1", "ema2"):
+            worst = max((ref[key][k] - other[key][k]).abs().max().item() for k in ref[key])
+            assert worst < 1e-5, (name, key, worst)
     # the weights moved far from their initial values, so agreeing to 1e-5 is not trivial
     from jit_diffusion import JiT
 

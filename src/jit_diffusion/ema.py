@@ -8,6 +8,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from .parallel import copy_into
+
 
 class EMA:
     """Several EMAs of one model, e.g. decays (0.9999, 0.9996) named ``ema1``, ``ema2``.
@@ -63,7 +65,7 @@ class EMA:
             if bad:
                 raise KeyError(f"EMA {name!r} state lacks parameter(s) {bad[:5]}")
             for key, tensor in zip(self.param_names, shadow):
-                tensor.copy_(saved[key])
+                copy_into(tensor, saved[key])  # takes this rank's shard when the EMA is sharded (FSDP)
 
     def weights(self, name: str) -> dict[str, torch.Tensor]:
         """One EMA as a model state dict (parameters only)."""

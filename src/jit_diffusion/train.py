@@ -8,6 +8,7 @@ gives the same result on 1 or N processes and a resumed run continues bit-for-bi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -28,11 +29,20 @@ from .checkpoint import (
     save_checkpoint,
     save_json,
 )
-from .distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, cleanup, init_distributed
+from .distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+)
 from .ema import EMA
 from .errors import UserError
 from .flow import SPACES, FlowMatching
 from .model import JiT, JiTConfig, preset_config
+from .parallel import apply_fsdp, full_state_dict, full_tensor, load_optimizer_state, optimizer_state
 
 
 @dataclass
@@ -78,6 +88,7 @@ class TrainConfig:
     out: str = "runs/jit"
     ckpt_every: int = 1000
     keep_last: int = 3
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
     log_every: int = 20
     sample_every: int = 1000  # 0 = never
     sample_per_class: int = 8
@@ -231,7 +242,7 @@ class Augment:
 class Trainer:
     """One training run; ``run()`` trains until the configured number of steps."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, dataset=None):
         self.cfg = cfg
         self.dist: DistInfo = init_distributed(cfg.device)
         self.device = self.dist.device
@@ -244,7 +255,7 @@ class Trainer:
         from .data import load_dataset
 
         image_size = model_config(cfg, 0).input_size  # validates --model/--img-size before touching data
-        self.dataset = load_dataset(cfg.data, image_size, split=cfg.data_split)
+        self.dataset = dataset if dataset is not None else load_dataset(cfg.data, image_size, split=cfg.data_split)
         self.num_classes = self.dataset.num_classes
         self.class_names = list(self.dataset.class_names)
         if self.dataset.image_size != image_size:
@@ -261,30 +272,37 @@ class Trainer:
         self.total_steps = cfg.steps if cfg.steps is not None else round(cfg.epochs * self.steps_per_epoch)
         self.warmup_steps = (cfg.warmup_steps if cfg.warmup_steps is not None
                              else round(cfg.warmup_epochs * self.steps_per_epoch))  # fmt: skip
-        self.ema = EMA(self.model, cfg.ema_decays)
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, cfg.weight_decay), lr=cfg.lr_value(), betas=(cfg.beta1, cfg.beta2),
-            **({"fused": True} if self.device.type == "cuda" else {"foreach": True}),
-        )  # fmt: skip
         self.objective = FlowMatching(prediction=cfg.prediction, loss=cfg.loss, p_mean=cfg.p_mean, p_std=cfg.p_std,
                                       t_eps=cfg.t_eps, noise_scale=cfg.noise_scale, label_drop_prob=0.0)
         self.augment = Augment(cfg, null_label=self.num_classes)
+        self._micro = cfg.batch_size // (world * accum)  # images per micro-batch on this rank
+        self._local_offset = self.dist.rank * (cfg.batch_size // world)  # this rank's first global position
+        self._arange = torch.arange(self._micro, device=self.device)
+        self.use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         self.step = 0
-        torch.manual_seed(cfg.seed * world + self.dist.rank)  # dropout masks: per-rank stream
-        if self.resume_from is not None:
-            self._load(self.resume_from)
+        ckpt = self._read_resume() if self.resume_from is not None else None
+        if ckpt is not None:
+            self.model.load_state_dict(ckpt["model"], strict=True)  # full weights, before any sharding
+        # wrap: compile per block, then DDP or FSDP2; EMAs and optimizer see the final parameters
         self.raw_model = self.model
         if cfg.compile and self.device.type == "cuda":
             self.model.compile_blocks()
+        self.sharded = self.dist.enabled and cfg.fsdp
         self.train_model: nn.Module = self.model
-        if self.dist.enabled:
-            if cfg.fsdp:
-                from .parallel import apply_fsdp
-
-                self.train_model = apply_fsdp(self.model)
-            else:
-                ids = [self.device.index] if self.device.type == "cuda" else None
-                self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if self.sharded:
+            self.train_model = apply_fsdp(self.model)
+        elif self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.ema = EMA(self.model, cfg.ema_decays)
+        fast = {"fused": True} if self.device.type == "cuda" and not self.sharded else {"foreach": True}
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr_value(),
+                                           betas=(cfg.beta1, cfg.beta2), **fast)  # fmt: skip
+        torch.manual_seed(cfg.seed * world + self.dist.rank)  # dropout masks: per-rank stream
+        if ckpt is not None:
+            self._restore(ckpt)
+            del ckpt
+        self._sampling_model: JiT | None = None
         self.writer = None
 
     # -- setup ----------------------------------------------------------------------------
@@ -303,16 +321,20 @@ class Trainer:
         if cfg.fsdp and not self.dist.enabled:
             print("--fsdp: single process, running without sharding")
 
-    def _load(self, path: Path) -> None:
-        ckpt = read_checkpoint(path, map_location=self.device)
+    def _read_resume(self) -> dict:
+        path = self.resume_from
+        ckpt = read_checkpoint(path, map_location="cpu")
         saved = ckpt["config"]
         changed = {k: (saved.get(k), getattr(self.cfg, k)) for k in _TRAJECTORY if saved.get(k) != getattr(self.cfg, k)}
         if changed:
             detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in sorted(changed.items()))
             raise UserError(f"--resume: {path} was trained with other settings ({detail})")
-        self.model.load_state_dict(ckpt["model"], strict=True)
+        return ckpt
+
+    def _restore(self, ckpt: dict) -> None:
+        """EMAs, optimizer, step and RNG from a checkpoint (model weights are loaded before wrapping)."""
         self.ema.load_state_dict(ckpt["ema"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(self.model, self.optimizer, ckpt["optimizer"], self.sharded)
         self.step = int(ckpt["step"])
         states = ckpt.get("rng", [])
         if len(states) == self.dist.world_size:
@@ -321,7 +343,7 @@ class Trainer:
             print(f"--resume: {len(states)} saved RNG states for {self.dist.world_size} processes; dropout masks "
                   f"will differ from an uninterrupted run (all other draws do not)")  # fmt: skip
         if self.dist.is_main:
-            print(f"resumed from {path} at step {self.step}")
+            print(f"resumed from {self.resume_from} at step {self.step}")
 
     def _loader(self) -> Iterator:
         cfg = self.cfg
@@ -336,12 +358,16 @@ class Trainer:
     # -- checkpoints and pictures ---------------------------------------------------------
 
     def state(self) -> dict:
-        """Everything needed to continue exactly (model, EMAs, optimizer, step, config, RNG of every rank)."""
+        """Everything needed to continue exactly: model, EMAs, optimizer, step, config, RNG of every rank.
+
+        Tensors are full (unsharded) and on the CPU; under FSDP every rank must call this.
+        """
         rng_states = all_gather_objects(_rng_state(self.device), self.dist)
         return {
-            "model": {k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()},
-            "ema": {name: {k: v.cpu() for k, v in sd.items()} for name, sd in self.ema.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
+            "model": full_state_dict(self.raw_model),
+            "ema": {name: {k: full_tensor(v).cpu() for k, v in sd.items()}
+                    for name, sd in self.ema.state_dict().items()},  # fmt: skip
+            "optimizer": optimizer_state(self.model, self.optimizer, self.sharded),
             "step": self.step,
             "epoch": self.step // self.steps_per_epoch,
             "data_position": {"epoch": self.step // self.steps_per_epoch, "batch": self.step % self.steps_per_epoch},
@@ -360,37 +386,77 @@ class Trainer:
         barrier(self.dist)
         return path
 
-    def sample_grid(self) -> None:
+    def _ema_model(self, name: str):
+        """A context giving a model that holds EMA ``name`` (rank 0 only; collective under FSDP)."""
+        if not self.sharded:
+            return self.ema.applied(self.raw_model, name) if self.dist.is_main else None
+        weights = {k: full_tensor(v) for k, v in self.ema.weights(name).items()}  # all-gather on every rank
+        if not self.dist.is_main:
+            return None
+        if self._sampling_model is None:
+            self._sampling_model = JiT(**dataclasses.asdict(self.raw_model.config)).to(self.device)
+        self._sampling_model.load_state_dict(weights, strict=True)
+        return contextlib.nullcontext(self._sampling_model)
+
+    def sample_grid(self) -> Path | None:
         """Rank 0 writes ``samples/step_XXXXXXXX.png`` from EMA1 with fixed noise (a row per class)."""
-        from .generate import autocast_context, image_noise, save_grid, to_uint8
+        from .generate import autocast_context, image_noise, make_grid, save_grid, to_uint8
         from .sampling import sample
 
-        if not self.dist.is_main:
-            return
         cfg = self.cfg
+        ema_name = self.ema.names[0] if self.ema.names else "raw"
+        context = self._ema_model(ema_name)
+        if context is None:
+            return None
         classes = list(range(min(self.num_classes, 16))) if self.num_classes else [0]
         per_class = cfg.sample_per_class if self.num_classes else 64
         labels = torch.tensor([c for c in classes for _ in range(per_class)], device=self.device)
         size = self.raw_model.config.input_size
         noise = image_noise(range(len(labels)), (3, size, size), seed=1234).to(self.device)
-        ema_name = self.ema.names[0] if self.ema.names else "raw"
         guidance = cfg.sample_cfg if self.num_classes else 1.0
-        self.raw_model.eval()
-        with self.ema.applied(self.raw_model, ema_name), autocast_context(self.device, cfg.precision):
-            images = sample(self.raw_model, noise, labels, steps=cfg.sample_steps, cfg=guidance,
+        with context as model, autocast_context(self.device, cfg.precision):
+            was_training = model.training
+            model.eval()
+            images = sample(model, noise, labels, steps=cfg.sample_steps, cfg=guidance,
                             cfg_interval=cfg.sample_interval, noise_scale=cfg.noise_scale, t_eps=cfg.t_eps,
                             prediction=cfg.prediction)  # fmt: skip
-        self.raw_model.train()
+            model.train(was_training)
         uint8 = to_uint8(images)
         path = save_grid(uint8, self.run_dir / "samples" / f"step_{self.step:08d}.png", nrow=per_class,
                          upscale=max(1, 64 // size))  # fmt: skip
         if self.writer is not None:
-            from .generate import make_grid
-
             self.writer.add_image("samples/ema", make_grid(uint8, per_class), self.step, dataformats="HWC")
         return path
 
     # -- the loop -------------------------------------------------------------------------
+
+    def train_step(self, micro_batches: list, lr: float) -> torch.Tensor:
+        """One optimizer step over this rank's micro-batches of (uint8 images, labels).
+
+        Returns the detached mean loss on the device (no host synchronisation).
+        """
+        cfg, info = self.cfg, self.dist
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        accum = len(micro_batches)
+        loss_sum = torch.zeros((), device=self.device)
+        for a, (x_uint8, y) in enumerate(micro_batches):
+            x_uint8 = x_uint8.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            positions = self._arange + (self._local_offset + a * self._micro)
+            x, y, t, noise = self.augment(x_uint8, y, self.step, positions)
+            defer_sync = info.enabled and not cfg.fsdp and a < accum - 1  # DDP: all-reduce on the last only
+            with self.train_model.no_sync() if defer_sync else contextlib.nullcontext():
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+                    loss = self.objective(self.train_model, x, y, t=t, noise=noise, label_dropout=False)
+                (loss / accum).backward()
+            loss_sum += loss.detach() / accum
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.raw_model)
+        return loss_sum
 
     def run(self) -> dict:
         cfg, info = self.cfg, self.dist
@@ -415,46 +481,31 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not info.is_main, unit="step",
                    dynamic_ncols=True, file=sys.stdout)  # fmt: skip
         batches = self._loader()
-        micro = cfg.batch_size // (info.world_size * cfg.grad_accum)
-        local_offset = info.rank * (cfg.batch_size // info.world_size)
-        arange = torch.arange(micro, device=self.device)
-        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         loss_sum = torch.zeros((), device=self.device)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         window_steps, window_start = 0, time.perf_counter()
         last_ckpt = latest_checkpoint(self.run_dir) if info.is_main else None
         self.train_model.train()
         summary = {}
+        run_start = time.perf_counter()
         try:
             while self.step < self.total_steps:
                 lr = learning_rate(self.step, cfg, self.warmup_steps, self.total_steps)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                for a in range(cfg.grad_accum):
-                    x_uint8, y = next(batches)
-                    x_uint8 = x_uint8.to(self.device, non_blocking=True)
-                    y = y.to(self.device, non_blocking=True)
-                    positions = arange + (local_offset + a * micro)
-                    x, y, t, noise = self.augment(x_uint8, y, self.step, positions)
-                    sync_ctx = (self.train_model.no_sync() if info.enabled and not cfg.fsdp and a < cfg.grad_accum - 1
-                                else _null())  # fmt: skip
-                    with sync_ctx:
-                        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                            loss = self.objective(self.train_model, x, y, t=t, noise=noise, label_dropout=False)
-                        (loss / cfg.grad_accum).backward()
-                    loss_sum += loss.detach() / cfg.grad_accum
-                    nonfinite |= ~torch.isfinite(loss.detach())
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.ema.update(self.raw_model)
+                loss = self.train_step([next(batches) for _ in range(cfg.grad_accum)], lr)
+                loss_sum += loss
+                nonfinite |= ~torch.isfinite(loss)
                 self.step += 1
                 window_steps += 1
                 bar.update(1)
 
-                at_log = self.step % cfg.log_every == 0 or self.step == self.total_steps
-                at_ckpt = self.step % cfg.ckpt_every == 0 or self.step == self.total_steps
+                final = self.step == self.total_steps
+                at_log = self.step % cfg.log_every == 0 or final
+                if at_log and cfg.max_minutes and not final:
+                    over = time.perf_counter() - run_start > 60 * cfg.max_minutes
+                    final = bool(broadcast_object(over, info))  # every rank stops at the same step
+                    if final and info.is_main:
+                        print(f"\n--max-minutes {cfg.max_minutes} reached at step {self.step}; saving and stopping")
+                at_ckpt = self.step % cfg.ckpt_every == 0 or final
                 if at_log or at_ckpt:
                     if bool(all_reduce_mean(nonfinite.float(), info) > 0):
                         raise TrainingDiverged(
@@ -476,9 +527,13 @@ class Trainer:
                 if at_ckpt:
                     path = self.save()
                     last_ckpt = path or last_ckpt
-                if cfg.sample_every and (self.step % cfg.sample_every == 0 or self.step == self.total_steps):
+                if cfg.sample_every and (self.step % cfg.sample_every == 0 or final):
                     self.sample_grid()
                     barrier(info)
+                if at_ckpt or cfg.sample_every and self.step % cfg.sample_every == 0:
+                    window_start = time.perf_counter()  # keep img/s about training only
+                if final:
+                    break
         finally:
             bar.close()
             if self.writer is not None:
@@ -489,14 +544,6 @@ class Trainer:
 
     def close(self) -> None:
         cleanup(self.dist)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -543,6 +590,7 @@ _FLAGS = [
     ("--ema", "ema_decays", _floats, "comma-separated EMA decays (default 0.9999,0.9996)"),
     ("--seed", "seed", int, "global seed (default 0)"),
     ("--ckpt-every", "ckpt_every", int, "checkpoint every N steps (default 1000; always at the end)"),
+    ("--max-minutes", "max_minutes", float, "stop cleanly (checkpoint + samples) after this many minutes"),
     ("--keep-last", "keep_last", int, "checkpoints to keep (default 3)"),
     ("--log-every", "log_every", int, "log every N steps (default 20)"),
     ("--sample-every", "sample_every", int, "write an EMA sample grid every N steps (default 1000, 0 = never)"),
