@@ -108,7 +108,8 @@ def test_rope_tables_layout():
 
 def test_bf16_autocast_close_to_fp32(golden):
     # bf16 keeps 8 mantissa bits (unit roundoff 2^-9 ~ 2e-3). Rounding at each of the ~10 matmul and
-    # activation stages of a 4-block net adds up to a few 1e-3 relative L2; we allow 2e-2 (measured 3.6e-3).
+    # activation stages of a 4-block net adds up to a few 1e-3 relative L2; the fast-path budget for the
+    # network output is 1e-2 (measured 3.6e-3 on the golden weights).
     model = golden.model()
     x, t, y = golden["forward.x"], golden["forward.t"], golden["forward.y"]
     with torch.no_grad():
@@ -117,7 +118,7 @@ def test_bf16_autocast_close_to_fp32(golden):
             out = model(x, t, y)
     assert out.dtype == torch.bfloat16
     rel = (out.float() - ref).norm() / ref.norm()
-    assert rel.item() < 2e-2
+    assert rel.item() < 1e-2
 
 
 def test_unpatchify_layout():

@@ -229,7 +229,16 @@ class JiT(
         return self.unpatchify(self.final_layer(x, c))  # (B, C, H, W)
 
     def compile_blocks(self, **compile_kwargs) -> None:
-        """torch.compile each block (and the final layer) in place; weights keep their names."""
+        """torch.compile each block (and the final layer) in place; weights keep their names.
+
+        Static shapes by default: a run sees a handful of them (token counts with and without the
+        in-context tokens, training batch, sampling batch with and without CFG rows), each compiled once.
+        """
+        import torch._dynamo
+
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
+        compile_kwargs.setdefault("dynamic", False)
         for block in self.blocks:
             block.compile(**compile_kwargs)
         self.final_layer.compile(**compile_kwargs)
