@@ -195,9 +195,12 @@ def load_model(
     """Open a run folder, training checkpoint, exported folder or official ``.pth`` for inference.
 
     ``weights`` picks ``ema1`` (default), ``ema2`` or ``raw``. Returns the model in eval mode on
-    ``device`` and a :class:`ModelInfo`.
+    ``device`` (``auto``: CUDA when available) and a :class:`ModelInfo`.
     """
+    from .generate import resolve_device
+
     path = Path(path)
+    device = resolve_device(device) if isinstance(device, str) else device
     if path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         from .convert import load_pretrained
 

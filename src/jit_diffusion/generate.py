@@ -79,7 +79,7 @@ def generate(
 
     Returns uint8 (N, H, W, 3).
     """
-    device = torch.device(device)
+    device = resolve_device(device) if isinstance(device, str) else device
     labels = torch.as_tensor(labels, dtype=torch.long)
     chunks = []
     batches = range(0, len(labels), batch_size)
