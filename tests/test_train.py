@@ -261,3 +261,14 @@ def test_weight_decay_groups():
     assert all(p.ndim >= 2 and not names[id(p)].endswith(".bias") for p in decay["params"])
     assert any(names[id(p)].endswith("norm1.weight") for p in no_decay["params"])
     assert all(names[id(p)] != "pos_embed" for p in decay["params"] + no_decay["params"])
+
+
+def test_worker_errors_print_as_one_line():
+    from jit_diffusion.cli import one_line
+    from jit_diffusion.data import CorruptImageError
+
+    worker_style = CorruptImageError("Caught CorruptImageError in DataLoader worker process 0.\n"
+                                     "Original Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                                     "jit_diffusion.data.CorruptImageError: cannot decode image /d/a.png: bad\n")
+    assert one_line(worker_style) == "cannot decode image /d/a.png: bad"
+    assert one_line(ValueError("plain message")) == "plain message"

@@ -27,6 +27,15 @@ _COMMAND_MODULES = [
 ]
 
 
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` as one line; an error re-raised from a DataLoader worker carries the
+    worker's traceback in its message, whose last line is the original error."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if "Original Traceback" in str(err) and lines:
+        return lines[-1].split(": ", 1)[-1]
+    return " ".join(lines)
+
+
 def _presets(args: argparse.Namespace) -> None:
     import torch
 
@@ -77,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ValueError, FileNotFoundError) as err:
         if os.environ.get("JIT_DEBUG"):
             raise
-        print(f"jit {args.command}: error: {err}", file=sys.stderr)
+        print(f"jit {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"jit {args.command}: interrupted", file=sys.stderr)
