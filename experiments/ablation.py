@@ -9,7 +9,7 @@ x-prediction works. Two groups of cells, all trained with the same recipe and nu
 
 Every cell is scored by the offline emoji classifier (FD-emoji, lower is better, and class
 accuracy of conditional samples; see `jit classifier`), written to ``OUT/results.md``/``.json``, and
-drawn as sample figures. Re-running skips finished cells. One command runs everything:
+drawn as sample figures. Re-running skips finished cells (training and scoring). One command runs everything:
 
     python experiments/ablation.py --out runs/ablation
 
@@ -78,7 +78,11 @@ def train_cell(cell: dict, args: argparse.Namespace, run_dir: Path) -> float:
 
 
 def evaluate_cell(run_dir: Path, metrics: ClassifierMetrics, args: argparse.Namespace) -> tuple[dict, np.ndarray]:
-    """Sample ``per_class`` images of every class from EMA1 and score them."""
+    """Sample ``per_class`` images of every class from EMA1 and score them (cached in ``run_dir``)."""
+    cache = run_dir / f"eval_cfg{args.cfg}_n{args.per_class}_s{args.sample_steps}.npz"
+    if cache.exists():
+        with np.load(cache) as f:
+            return json.loads(str(f["scores"])), f["images"]
     model, info = load_model(run_dir, weights="ema1", device=args.device)
     labels = np.repeat(np.arange(info.num_classes), args.per_class)
     start = time.perf_counter()
@@ -87,6 +91,9 @@ def evaluate_cell(run_dir: Path, metrics: ClassifierMetrics, args: argparse.Name
                       t_eps=info.t_eps, prediction=info.prediction, batch_size=128, device=args.device)  # fmt: skip
     scores = metrics.compute(images, labels)
     scores["sample_seconds"] = time.perf_counter() - start
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, images=images, scores=np.array(json.dumps(scores)))
+    tmp.replace(cache)
     return scores, images
 
 
@@ -126,10 +133,13 @@ def write_tables(out: Path, results: list[dict], fd_name: str) -> None:
         lines.append("| " + " | ".join(row) + " |")
     bn = [r for r in results if r["group"] == "bottleneck"]
     if bn:
-        lines += ["", "| bottleneck | " + " | ".join(r["name"].split("-")[1] for r in bn) + " |",
-                  "|---|" + "---|" * len(bn),
-                  f"| {fd_name} | " + " | ".join(f"{r[fd_name]:.1f}" for r in bn) + " |",
-                  "| class accuracy | " + " | ".join(f"{100 * r['class_accuracy']:.0f}%" for r in bn) + " |"]
+        lines += [
+            "",
+            "| bottleneck | " + " | ".join(r["name"].split("-")[1] for r in bn) + " |",
+            "|---|" + "---|" * len(bn),
+            f"| {fd_name} | " + " | ".join(f"{r[fd_name]:.1f}" for r in bn) + " |",
+            "| class accuracy | " + " | ".join(f"{100 * r['class_accuracy']:.0f}%" for r in bn) + " |",
+        ]
     lines += ["", "| cell | train s | sample s |", "|---|---|---|"]
     lines += [f"| {r['name']} | {r['train_seconds']:.0f} | {r['sample_seconds']:.0f} |" for r in results]
     (out / "results.md").write_text("\n".join(lines) + "\n")
