@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from jit_diffusion.checkpoint import latest_checkpoint, load_model, read_checkpoint
+from jit_diffusion.checkpoint import atomic_write_bytes, latest_checkpoint, load_model, read_checkpoint
 from jit_diffusion.classifier import ClassifierMetrics
 from jit_diffusion.generate import generate, make_grid
 from jit_diffusion.train import TrainConfig, Trainer
@@ -92,9 +92,7 @@ def evaluate_cell(run_dir: Path, metrics: ClassifierMetrics, args: argparse.Name
                       t_eps=info.t_eps, prediction=info.prediction, batch_size=128, device=args.device)  # fmt: skip
     scores = metrics.compute(images, labels)
     scores["sample_seconds"] = time.perf_counter() - start
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, images=images, scores=np.array(json.dumps(scores)))
-    tmp.replace(cache)
+    atomic_write_bytes(cache, lambda f: np.savez(f, images=images, scores=np.array(json.dumps(scores))))
     return scores, images
 
 

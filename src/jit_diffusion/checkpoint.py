@@ -200,7 +200,7 @@ def load_model(
     from .generate import resolve_device
 
     path = Path(path)
-    device = resolve_device(device) if isinstance(device, str) else device
+    device = resolve_device(device)
     if path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         from .convert import load_pretrained
 

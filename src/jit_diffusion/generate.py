@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 from .sampling import METHODS, sample
 
 
-def resolve_device(device: str | None = "auto") -> torch.device:
-    """``auto`` -> cuda if available, else mps, else cpu."""
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` -> cuda if available, else mps, else cpu; any other name or device as given."""
     if device in (None, "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -79,7 +79,7 @@ def generate(
 
     Returns uint8 (N, H, W, 3).
     """
-    device = resolve_device(device) if isinstance(device, str) else device
+    device = resolve_device(device)
     labels = torch.as_tensor(labels, dtype=torch.long)
     chunks = []
     batches = range(0, len(labels), batch_size)
