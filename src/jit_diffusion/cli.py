@@ -39,7 +39,8 @@ def one_line(err: BaseException) -> str:
 def _presets(args: argparse.Namespace) -> None:
     import torch
 
-    from .model import PRESETS, create_model
+    from .config import PRESETS
+    from .model import create_model
 
     print(f"{'preset':<10} {'image':>5} {'depth':>5} {'width':>5} {'heads':>5} {'bneck':>5} {'ctx':>7} {'params':>9}")
     for name, p in PRESETS.items():
