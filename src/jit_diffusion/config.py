@@ -109,7 +109,8 @@ def find_preset(config: JiTConfig | Mapping[str, Any]) -> str | None:
 
 @dataclass
 class ModelInfo:
-    """A trained model's settings: its config, class names, flow and default sampling settings, origin.
+    """A trained model's settings: its config, class names, flow and default sampling settings (guidance,
+    interval, ODE solver ``method``), origin.
 
     Build it with :meth:`create`, which fills the defaults in one place."""
 
@@ -123,6 +124,7 @@ class ModelInfo:
     source: str = ""
     weights: str = "ema1"
     step: int | None = None
+    method: str = "heun"
 
     @property
     def num_classes(self) -> int:
@@ -146,6 +148,7 @@ class ModelInfo:
         source: str = "",
         weights: str | None = None,
         step: int | None = None,
+        method: str | None = None,
     ) -> ModelInfo:
         """A ModelInfo with defaults for every setting given as None; class names default to "0", "1", ...
 
@@ -169,4 +172,5 @@ class ModelInfo:
             source=source,
             weights=str(pick(weights, defaults.weights)),
             step=None if step is None else int(step),
+            method=str(pick(method, defaults.method)),
         )

@@ -4,7 +4,7 @@ and the Hugging Face Hub mixin that gives :class:`~jit_diffusion.model.JiT` ``sa
 
 - ``config.json``: ``format``, ``preset`` (or null), ``model_config`` (the :class:`JiTConfig` fields),
   ``num_params``, ``dtype``, ``weights`` (ema1/ema2/raw), ``flow`` {prediction, noise_scale, t_eps},
-  ``sampling`` {cfg, cfg_interval}, ``class_names``, ``source``, ``step``.
+  ``sampling`` {cfg, cfg_interval, method}, ``class_names``, ``source``, ``step``.
 - ``model.safetensors``: the network's state dict without the ``net.`` prefix, fp32 or bf16 (``pos_embed``,
   a fixed table, stays fp32), with a small string metadata block (format, preset, weights).
 
@@ -112,7 +112,7 @@ def export_config(model: torch.nn.Module, info: ModelInfo, dtype: torch.dtype = 
         "dtype": str(dtype).removeprefix("torch."),
         "weights": info.weights,
         "flow": {"prediction": info.prediction, "noise_scale": info.noise_scale, "t_eps": info.t_eps},
-        "sampling": {"cfg": info.cfg, "cfg_interval": list(info.cfg_interval)},
+        "sampling": {"cfg": info.cfg, "cfg_interval": list(info.cfg_interval), "method": info.method},
         "class_names": list(info.class_names),
         "source": info.source,
         "step": info.step,
@@ -202,7 +202,7 @@ def info_from_export(config: Mapping[str, Any], source: str) -> ModelInfo:
         config["model_config"], config.get("class_names"), prediction=flow.get("prediction"),
         noise_scale=flow.get("noise_scale"), t_eps=flow.get("t_eps"), cfg=sampling.get("cfg"),
         cfg_interval=sampling.get("cfg_interval"), source=source, weights=config.get("weights"),
-        step=config.get("step"),
+        step=config.get("step"), method=sampling.get("method"),
     )  # fmt: skip
 
 
