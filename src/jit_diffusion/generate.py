@@ -60,8 +60,24 @@ def generate(
     return np.concatenate(chunks)
 
 
+def _class_by_name(item: str, class_names: Sequence[str], num_classes: int) -> int:
+    """The class named ``item``, else the one whose name lists it among its comma-separated synonyms
+    (ImageNet style: "tabby, tabby cat"), ignoring case; an error when none or several classes do."""
+    wanted = item.casefold()
+    hits = [i for i, name in enumerate(class_names) if name == item] or [
+        i for i, name in enumerate(class_names) if wanted in {s.strip().casefold() for s in name.split(",")}]
+    if len(hits) > 1:
+        raise ValueError(f"--classes: {item!r} names classes {hits}; give the index instead")
+    if not hits:
+        shown = ", ".join(repr(n) for n in list(class_names)[:8]) + (", ..." if len(class_names) > 8 else "")
+        raise ValueError(f"--classes: unknown class {item!r}; use indices 0..{num_classes - 1} or names ({shown})")
+    return hits[0]
+
+
 def parse_classes(spec: str | None, class_names: Sequence[str], num_classes: int) -> list[int]:
-    """``None``/``all`` -> every class; otherwise a comma list of indices or class names."""
+    """``None``/``all`` -> every class; otherwise a comma list of indices, class names, or one of the
+    comma-separated synonyms of a class name (``golden retriever`` for "golden retriever", ``tabby`` for
+    "tabby, tabby cat")."""
     if num_classes == 0:
         return [0]
     if spec in (None, "", "all"):
@@ -71,12 +87,8 @@ def parse_classes(spec: str | None, class_names: Sequence[str], num_classes: int
         item = item.strip()
         if item.lstrip("-").isdigit():
             k = int(item)
-        elif item in class_names:
-            k = list(class_names).index(item)
         else:
-            raise ValueError(
-                f"--classes: unknown class {item!r}; use indices 0..{num_classes - 1} or names {list(class_names)}"
-            )
+            k = _class_by_name(item, class_names, num_classes)
         if not 0 <= k < num_classes:
             raise ValueError(f"--classes: class index {k} is out of range 0..{num_classes - 1}")
         out.append(k)
