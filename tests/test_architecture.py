@@ -18,7 +18,7 @@ ORDER = [
     # model
     "layers", "flow", "frechet", "pretrained", "model", "ema", "sampling",
     # data / io
-    "emoji", "data", "checkpoint", "official", "loading",
+    "emoji", "data", "checkpoint", "official", "diffusers", "diffusers_folder", "loading",
     # commands
     "generate", "classifier", "train", "evaluate", "toy", "convert", "cli", "__init__",
 ]  # fmt: skip

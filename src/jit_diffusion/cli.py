@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -53,6 +54,21 @@ def _presets(args: argparse.Namespace) -> None:
         )
 
 
+class _StderrLines(logging.Handler):
+    """Log records as plain lines on the current ``sys.stderr`` (looked up at each line)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def show_info_lines() -> None:
+    """Let the package's INFO lines (e.g. the layout of a diffusers model being opened) reach stderr."""
+    logger = logging.getLogger("jit_diffusion")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -82,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    show_info_lines()
     try:
         result = args.func(args)
     except (UserError, ValueError, FileNotFoundError) as err:
