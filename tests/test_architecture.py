@@ -20,7 +20,8 @@ ORDER = [
     # data / io
     "emoji", "data", "checkpoint", "official", "loading",
     # commands
-    "generate", "classifier", "train", "evaluate", "toy", "convert", "cli", "__init__",
+    "generate", "sample_store", "sweep", "metrics", "classifier", "train",
+    "evaluate", "toy", "convert", "cli", "__init__",
 ]  # fmt: skip
 MAX_FILE_LINES = 450
 MAX_FUNCTION_LINES = 60
