@@ -20,7 +20,7 @@ ORDER = [
     # data / io
     "emoji", "data", "checkpoint", "official", "loading",
     # commands
-    "generate", "sample_store", "sweep", "metrics", "classifier", "train",
+    "generate", "sample_store", "sweep", "metrics", "classifier_net", "classifier_train", "classifier", "train",
     "evaluate", "toy", "convert", "cli", "__init__",
 ]  # fmt: skip
 MAX_FILE_LINES = 450
