@@ -21,7 +21,7 @@ ORDER = [
     "emoji", "data", "checkpoint", "official", "loading",
     # commands
     "generate", "sample_store", "sweep", "metrics", "classifier_net", "classifier_train", "classifier", "train",
-    "evaluate", "toy", "convert", "cli", "__init__",
+    "evaluate", "toy_report", "toy", "convert", "cli", "__init__",
 ]  # fmt: skip
 MAX_FILE_LINES = 450
 MAX_FUNCTION_LINES = 60
