@@ -336,15 +336,10 @@ def _str_list(text: str) -> tuple[str, ...]:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    overrides = {"seed": args.seed, "threads": args.threads}
-    if args.workers is not None:
-        overrides["workers"] = args.workers
-    if args.dims is not None:
-        overrides["dims"] = args.dims
-    if args.predictions is not None:
-        overrides["predictions"] = args.predictions
-    if args.steps is not None:
-        overrides["steps"] = args.steps
+    """``jit toy``: run the grid, print the table; flags left out keep the (quick) configuration's values."""
+    flags = {"seed": args.seed, "threads": args.threads, "workers": args.workers, "dims": args.dims,
+             "predictions": args.predictions, "steps": args.steps}  # fmt: skip
+    overrides = {name: value for name, value in flags.items() if value is not None}
     cfg = ToyConfig.quick(**overrides) if args.quick else ToyConfig(**overrides)
     print(f"toy: dims {list(cfg.dims)}, predictions {list(cfg.predictions)}, {cfg.steps} steps x batch "
           f"{cfg.batch_size}, {cfg.workers} workers x {cfg.threads} threads -> {args.out}")
