@@ -151,6 +151,7 @@ def _image_sets(n=10, m=6, size=16):
     return noise, smooth
 
 
+@pytest.mark.slow
 def test_inception_metrics_end_to_end_random_weights(random_inception, small_inception_input):
     import torch_fidelity
 
@@ -307,6 +308,7 @@ def test_rank_sharding_matches_one_process(tiny_run, tmp_path):
         np.testing.assert_array_equal(one[name], two[name])
 
 
+@pytest.mark.slow
 def test_sweep_writes_table_csv_plot_and_metrics(tiny_run, tiny_classifier, tmp_path, monkeypatch):
     out = tmp_path / "sweep"
     loads = []
@@ -347,6 +349,7 @@ def test_missing_inception_weights_fail_before_generation(tiny_run, tmp_path, mo
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_eval_and_fid_stats_with_inception(tiny_run, tiny_folder, random_inception, small_inception_input, tmp_path,
                                            monkeypatch):  # fmt: skip
     monkeypatch.setattr(metrics, "FID_FEATURE_LAYER", "64")  # a 2048-d sqrtm takes minutes on 2 cores

@@ -55,6 +55,7 @@ def test_quick_run_writes_outputs(tmp_path, capsys):
         assert list(npz["dims"]) == [2, 8, 16, 512]
 
 
+@pytest.mark.slow
 def test_cells_are_deterministic_in_and_across_processes():
     cfg = ToyConfig.quick(dims=(8,), predictions=("v",), steps=5, workers=2)
     [(p, d, pooled)] = list(run_cells(cfg, [("v", 8)]))  # trained in a spawned worker process
