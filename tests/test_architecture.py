@@ -79,7 +79,7 @@ def test_every_module_imports_alone_in_any_order():
         assert result.returncode == 0, result.stderr[-2000:]
 
 
-@pytest.mark.xfail(reason="train, evaluate, classifier and toy are being split", strict=False)
+@pytest.mark.xfail(reason="train.py is being split", strict=False)
 def test_files_and_functions_are_short():
     too_long = []
     for name, path in modules().items():

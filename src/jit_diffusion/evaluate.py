@@ -26,8 +26,6 @@ from .frechet import StatsAccumulator, feature_stats, frechet_distance
 from .generate import add_sampling_args
 from .loading import Source, open_source
 from .metrics import (
-    CLASSIFIER_METRICS,
-    INCEPTION_METRICS,
     INCEPTION_WEIGHTS_URL,
     InceptionFeatures,
     Scorer,
@@ -37,6 +35,8 @@ from .metrics import (
     inception_scores,
     inception_weights,
     load_stats,
+    needs_classifier,
+    needs_inception,
     parse_metrics,
     reference_source,
     save_stats,
@@ -68,11 +68,11 @@ class EvalPlan:
 
     @property
     def inception(self) -> bool:
-        return any(m in INCEPTION_METRICS for m in self.metrics)
+        return needs_inception(self.metrics)
 
     @property
     def classifier(self) -> bool:
-        return any(m in CLASSIFIER_METRICS for m in self.metrics)
+        return needs_classifier(self.metrics)
 
 
 def _distributed(device_arg: str):
@@ -133,9 +133,9 @@ def _plan(args, metrics: list[str], cfgs: list[float] | None, emas: list[str], m
           verbose: bool) -> EvalPlan:  # fmt: skip
     """The sweep's settings, the images' labels and the sampling interval; fails on a missing reference."""
     data = args.data or models.data
-    if any(m in INCEPTION_METRICS for m in metrics) and not (args.ref_stats or args.ref_dir or data):
+    if needs_inception(metrics) and not (args.ref_stats or args.ref_dir or data):
         raise ValueError("FID needs a reference: pass --ref-stats STATS.npz or --ref-dir FOLDER")
-    if any(m in CLASSIFIER_METRICS for m in metrics) and not (args.classifier or data):
+    if needs_classifier(metrics) and not (args.classifier or data):
         raise ValueError("fd-emoji/acc need the dataset: pass --data SPEC or --classifier PATH")
     num = _image_count(args, info.num_classes)
     cfgs = cfgs or [info.cfg]
@@ -238,7 +238,7 @@ def run_eval(args: argparse.Namespace) -> None:
     """``jit eval``: generate every setting's samples (sharded over torchrun ranks), then score them on rank 0."""
     metrics = parse_metrics(args.metrics)
     cfgs = parse_floats(args.cfg, "--cfg") if args.cfg else None
-    weights_path = inception_weights(args.inception_weights) if any(m in INCEPTION_METRICS for m in metrics) else None
+    weights_path = inception_weights(args.inception_weights) if needs_inception(metrics) else None
     _check_flags(args, metrics)
     dist_info = _distributed(args.device)
     models = open_source(args.model_path)

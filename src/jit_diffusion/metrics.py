@@ -45,6 +45,16 @@ def parse_metrics(text: str) -> list[str]:
     return out
 
 
+def needs_inception(metrics: Sequence[str]) -> bool:
+    """Whether any of ``metrics`` is computed with the Inception network."""
+    return any(m in INCEPTION_METRICS for m in metrics)
+
+
+def needs_classifier(metrics: Sequence[str]) -> bool:
+    """Whether any of ``metrics`` is computed with the offline classifier."""
+    return any(m in CLASSIFIER_METRICS for m in metrics)
+
+
 # --------------------------------------------------------------------------------------------
 # The Inception network (torch-fidelity)
 # --------------------------------------------------------------------------------------------
