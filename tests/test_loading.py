@@ -91,6 +91,7 @@ def test_convert_writes_the_same_export_with_usual_permissions(sources, weights,
         assert stat.S_IMODE(os.stat(out / name).st_mode) == default_file_mode()
 
 
+@pytest.mark.slow
 def test_sample_and_eval_give_the_same_images_from_every_kind(sources, tmp_path):
     grids, chunks = {}, {}
     for kind in KINDS:
