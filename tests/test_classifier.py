@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from jit_diffusion import classifier as clf
+from jit_diffusion import classifier_train
 from jit_diffusion.classifier import (
     ClassifierMetrics,
     augment,
@@ -90,7 +91,8 @@ def test_cache_is_reused(shapes, tmp_path, monkeypatch):
     assert folder.parent == tmp_path / "cache" / "classifiers" and folder.name.endswith("-16px-v1")
     weights = folder / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
-    monkeypatch.setattr(clf, "train_classifier", lambda *a, **k: pytest.fail("retrained despite the cache"))
+    retrain = lambda *a, **k: pytest.fail("retrained despite the cache")
+    monkeypatch.setattr(classifier_train, "train_classifier", retrain)
     _, config, again = get_classifier(str(shapes), SIZE)
     assert again == folder and weights.stat().st_mtime_ns == stamp and config.epochs == 1
     with pytest.raises(ValueError, match="32 px"):

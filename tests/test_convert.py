@@ -322,6 +322,7 @@ def test_overwrite_refused_unless_asked(golden, tmp_path):
 # --- training checkpoints ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_checkpoint_converts_and_samples(tmp_path, capsys):
     torch.manual_seed(0)
     model = create_model("JiT-Ti/8", num_classes=3).eval()

@@ -13,22 +13,15 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-from jit_diffusion import evaluate, loading
+from jit_diffusion import loading, metrics, sample_store
 from jit_diffusion.checkpoint import save_checkpoint
 from jit_diffusion.classifier import ClassifierConfig, SmallCNN, save_classifier
 from jit_diffusion.cli import main
-from jit_diffusion.evaluate import (
-    InceptionFeatures,
-    StatsAccumulator,
-    UInt8Images,
-    feature_stats,
-    frechet_distance,
-    generate_chunks,
-    inception_scores,
-    sample_labels,
-)
+from jit_diffusion.frechet import StatsAccumulator, feature_stats, frechet_distance
 from jit_diffusion.loading import open_source
+from jit_diffusion.metrics import InceptionFeatures, UInt8Images, inception_scores
 from jit_diffusion.model import JiT, JiTConfig
+from jit_diffusion.sample_store import generate_chunks, sample_labels
 
 # ---------------------------------------------------------------------------------------------
 # Fréchet distance
@@ -158,6 +151,7 @@ def _image_sets(n=10, m=6, size=16):
     return noise, smooth
 
 
+@pytest.mark.slow
 def test_inception_metrics_end_to_end_random_weights(random_inception, small_inception_input):
     import torch_fidelity
 
@@ -191,11 +185,11 @@ def test_inception_metrics_end_to_end_random_weights(random_inception, small_inc
 def test_missing_inception_weights_message(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(FileNotFoundError) as err:
-        evaluate.inception_weights(None)
+        metrics.inception_weights(None)
     text = str(err.value)
-    assert "\n" not in text and evaluate.INCEPTION_WEIGHTS_URL in text and "--inception-weights" in text
+    assert "\n" not in text and metrics.INCEPTION_WEIGHTS_URL in text and "--inception-weights" in text
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        evaluate.inception_weights(tmp_path / "nope.pth")
+        metrics.inception_weights(tmp_path / "nope.pth")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,13 +273,13 @@ def test_chunked_generation_resumes(tiny_run, tmp_path, monkeypatch):
 
     (samples / "chunk_00001.npz").unlink()
     calls = []
-    real = evaluate.generate
+    real = sample_store.generate
 
     def counting(model, labels, **kw):
         calls.append((kw["start_index"], len(labels)))
         return real(model, labels, **kw)
 
-    monkeypatch.setattr(evaluate, "generate", counting)
+    monkeypatch.setattr(sample_store, "generate", counting)
     assert _eval(tiny_run, out, "--num", "10", "--chunk-size", "4", "--metrics", "none") == 0
     assert calls == [(4, 4)]
     second = _chunks(samples)
@@ -314,6 +308,7 @@ def test_rank_sharding_matches_one_process(tiny_run, tmp_path):
         np.testing.assert_array_equal(one[name], two[name])
 
 
+@pytest.mark.slow
 def test_sweep_writes_table_csv_plot_and_metrics(tiny_run, tiny_classifier, tmp_path, monkeypatch):
     out = tmp_path / "sweep"
     loads = []
@@ -346,17 +341,18 @@ def test_sweep_writes_table_csv_plot_and_metrics(tiny_run, tiny_classifier, tmp_
 
 def test_missing_inception_weights_fail_before_generation(tiny_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(evaluate, "generate", mock.Mock(side_effect=AssertionError("generated")))
+    monkeypatch.setattr(sample_store, "generate", mock.Mock(side_effect=AssertionError("generated")))
     out = tmp_path / "eval"
     assert _eval(tiny_run, out, "--num", "4", "--metrics", "fid,is") == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--inception-weights" in err and evaluate.INCEPTION_WEIGHTS_URL in err
+    assert len(err.splitlines()) == 1 and "--inception-weights" in err and metrics.INCEPTION_WEIGHTS_URL in err
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_eval_and_fid_stats_with_inception(tiny_run, tiny_folder, random_inception, small_inception_input, tmp_path,
                                            monkeypatch):  # fmt: skip
-    monkeypatch.setattr(evaluate, "FID_FEATURE_LAYER", "64")  # a 2048-d sqrtm takes minutes on 2 cores
+    monkeypatch.setattr(metrics, "FID_FEATURE_LAYER", "64")  # a 2048-d sqrtm takes minutes on 2 cores
     stats = tmp_path / "ref.npz"
     code = main(["fid-stats", str(tiny_folder), "--img-size", "8", "--out", str(stats), "--with-features",
                  "--inception-weights", str(random_inception), "--device", "cpu"])  # fmt: skip

@@ -67,25 +67,30 @@ def test_noise_scale_multiplies_unit_noise():
 
 
 @pytest.mark.parametrize("prediction,loss", list(itertools.product(SPACES, SPACES)))
-def test_each_combination_trains_without_nan(prediction, loss):
+def test_each_combination_fits_a_fixed_batch(prediction, loss):
     torch.manual_seed(0)
     model = JiT(input_size=8, patch_size=4, hidden_size=32, depth=2, num_heads=2, num_classes=2,
                 bottleneck_dim=8, in_context_len=2, in_context_start=1)
     fm = FlowMatching(prediction=prediction, loss=loss)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(0)
-    # toy distribution: class 0 is a dark image, class 1 a bright one, plus a little jitter
+    # one fixed batch (images, labels, times, noise): class 0 is a dark image, class 1 a bright one, plus jitter
+    y = torch.arange(16) % 2
+    x = (y.float() * 1.2 - 0.6).view(-1, 1, 1, 1) + 0.05 * torch.randn(16, 3, 8, 8, generator=gen)
+    t, noise = sample_t(16, generator=gen), torch.randn(x.shape, generator=gen)
     losses = []
-    for _ in range(12):
-        y = torch.randint(0, 2, (16,), generator=gen)
-        x = (y.float() * 1.2 - 0.6).view(-1, 1, 1, 1) + 0.05 * torch.randn(16, 3, 8, 8, generator=gen)
-        loss = fm(model, x, y, generator=gen)
+    for _ in range(30):
+        value = fm(model, x, y, t=t, noise=noise, label_dropout=False)
         opt.zero_grad()
-        loss.backward()
+        value.backward()
         opt.step()
-        losses.append(loss.item())
+        losses.append(value.item())
+    with torch.no_grad():
+        final = fm(model, x, y, t=t, noise=noise, label_dropout=False).item()
     assert all(torch.isfinite(torch.tensor(losses)))
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    # the loss falls on the batch it trains on (measured: to 1% of the start for x-prediction, about 50% for eps/v)
+    assert final < 0.6 * losses[0]
 
 
 def test_logit_normal_t():

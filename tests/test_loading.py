@@ -127,6 +127,7 @@ def test_convert_to_diffusers_and_back_keeps_the_weights(sources, weights, kind,
     _same_state(JiT.from_pretrained(out), weights["ema1"])
 
 
+@pytest.mark.slow
 def test_sample_and_eval_give_the_same_images_from_every_kind(sources, tmp_path):
     grids, chunks = {}, {}
     for kind in KINDS:

@@ -29,6 +29,7 @@ class RowCounter(torch.nn.Module):
         return self.model(z, t, y)
 
 
+@pytest.mark.slow
 def test_heun50_cfg_network_rows(golden):
     counter = RowCounter(golden.model())
     B = 2
@@ -106,6 +107,7 @@ def test_state_stays_fp32_under_bf16_autocast(golden):
     assert rel.item() < 2e-2
 
 
+@pytest.mark.slow
 def test_bf16_heun50_cfg_sample_close_to_fp32(golden):
     """The fast path (bf16 autocast) against the fp32 reference on the same weights: a whole Heun-50
     sample with CFG 2.9 on [0.1, 1] stays within 2e-2 relative L2 (the ODE state is fp32 throughout)."""

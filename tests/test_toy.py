@@ -8,18 +8,18 @@ import torch
 from scipy.stats import wasserstein_distance
 
 from jit_diffusion.cli import main
+from jit_diffusion.flow import FlowMatching
 from jit_diffusion.toy import (
     ToyConfig,
     ToyMLP,
-    projection_directions,
     random_embedding,
     run_cell,
     run_cells,
+    run_toy,
     sample_spiral,
-    sliced_wasserstein,
     spiral_curve,
-    wasserstein_1d,
 )
+from jit_diffusion.toy_report import projection_directions, sliced_wasserstein, wasserstein_1d
 
 
 def _points(n=2000, seed=0):
@@ -39,6 +39,12 @@ def test_quick_run_writes_outputs(tmp_path, capsys):
         assert cell["sw1"] >= 0
     assert set(metrics["ratios"]) == {"x", "eps", "v"}
     assert "sw1_D512_over_D2" in metrics["ratios"]["x"]
+    # the point of the experiment: at D=512 x-prediction keeps the spiral, eps-prediction does not (in the
+    # quick run x is ~0.5 from the true set and eps ~19, over seeds 0-3)
+    x_512, eps_512 = metrics["cells"]["x_D512"], metrics["cells"]["eps_D512"]
+    assert x_512["finite_fraction"] == 1.0
+    assert 10 * x_512["sw1"] < eps_512["sw1"]
+    assert 10 * x_512["curve_dist"] < eps_512["curve_dist"]
     assert {"sw1", "curve_dist"} <= set(metrics["reference"])
     with np.load(out / "toy_samples.npz") as npz:
         n = metrics["config"]["num_samples"]
@@ -49,6 +55,7 @@ def test_quick_run_writes_outputs(tmp_path, capsys):
         assert list(npz["dims"]) == [2, 8, 16, 512]
 
 
+@pytest.mark.slow
 def test_cells_are_deterministic_in_and_across_processes():
     cfg = ToyConfig.quick(dims=(8,), predictions=("v",), steps=5, workers=2)
     [(p, d, pooled)] = list(run_cells(cfg, [("v", 8)]))  # trained in a spawned worker process
@@ -128,3 +135,29 @@ def test_spiral_is_normalised():
     assert np.sqrt((curve**2).mean()) == pytest.approx(1.0, rel=0.05)
     pts = _points(4000)
     assert np.sqrt((pts**2).mean()) == pytest.approx(1.0, rel=0.05)
+
+
+def test_config_keeps_one_objective_and_saves_flat():
+    cfg = ToyConfig(objective=FlowMatching(loss="v", label_drop_prob=0.0, noise_scale=2.0, t_eps=0.1))
+    saved = cfg.to_dict()
+    assert "objective" not in saved and saved["noise_scale"] == 2.0 and saved["t_eps"] == 0.1
+    assert saved["p_mean"] == FlowMatching.p_mean and saved["p_std"] == FlowMatching.p_std
+    keys = list(saved)  # the flat layout of earlier toy_metrics.json files
+    assert keys[keys.index("t_sampling") + 1 : keys.index("data_noise")] == ["p_mean", "p_std", "t_eps", "noise_scale"]
+    json.dumps(saved)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"predictions": ("x", "score")}, "prediction must be x, eps or v"),
+        ({"t_sampling": "beta"}, "t_sampling must be uniform or logit_normal"),
+        ({"dims": (1, 8)}, "every dimension must be >= 2"),
+        ({"objective": FlowMatching(loss="x")}, "v-loss"),
+    ],
+)
+def test_bad_config_is_a_one_line_error(overrides, message, tmp_path):
+    with pytest.raises(ValueError, match=message) as err:
+        run_toy(ToyConfig.quick(**overrides), tmp_path / "toy")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "toy").exists()

@@ -41,6 +41,7 @@ def _assert_bitwise_equal(a: dict, b: dict):
             assert torch.equal(a[key][name], b[key][name]), f"{key}/{name} differs"
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     data = make_image_folder(tmp_path / "data")
     common = [*TINY, "--data", str(data), "--steps", "12", "--ckpt-every", "4"]
@@ -65,6 +66,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     _assert_bitwise_equal(_final_weights(tmp_path / "full"), _final_weights(run))
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_trajectory(tmp_path, image_folder):
     run = tmp_path / "run"
     assert _jit("train", *TINY, "--data", str(image_folder), "--steps", "2", "--out", str(run)).returncode == 0
@@ -75,6 +77,7 @@ def test_resume_refuses_changed_trajectory(tmp_path, image_folder):
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     """torchrun with 2 gloo processes (DDP, and FSDP2 with a resume) == 1 process on the same global batch
     (and == gradient accumulation).
@@ -124,6 +127,7 @@ def _one_line_error(res: subprocess.CompletedProcess, *needles: str):
         assert needle in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_clear_errors(tmp_path, image_folder):
     base = ["--batch-size", "8", "--steps", "2", "--sample-every", "0"]
     _one_line_error(_jit("train", "--model", "JiT-Q/7", "--data", str(image_folder), *base, "--out",
@@ -146,6 +150,7 @@ def test_clear_errors(tmp_path, image_folder):
     _one_line_error(res, "fonts-noto-color-emoji")
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, image_folder, monkeypatch, capsys):
     from jit_diffusion.flow import FlowMatching
 
@@ -188,6 +193,7 @@ KILL_IN_WRITE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_during_checkpoint_write_keeps_previous(tmp_path, image_folder):
     run = tmp_path / "run"
     script = tmp_path / "kill_in_write.py"
@@ -207,6 +213,7 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path, image_folder):
     assert read_checkpoint(latest_checkpoint(run))["step"] == 4
 
 
+@pytest.mark.slow
 def test_train_then_sample_end_to_end(tmp_path, image_folder):
     run = tmp_path / "run"
     res = _jit("train", *TINY, "--data", str(image_folder), "--steps", "4", "--ckpt-every", "4",
@@ -230,6 +237,7 @@ def test_train_then_sample_end_to_end(tmp_path, image_folder):
     assert len(list((tmp_path / "pngs").glob("*.png"))) == 6
 
 
+@pytest.mark.slow
 def test_unconditional_flat_folder(tmp_path):
     data = make_image_folder(tmp_path / "flat", num_classes=2, per_class=8, flat=True)
     run = tmp_path / "run"

@@ -1,391 +1,78 @@
-"""Evaluation: sample sets for FID, Inception metrics (FID, IS, precision/recall), offline classifier
-metrics (FD-<dataset>, class accuracy), CFG x EMA sweeps, and reference statistics.
+"""The ``jit eval`` and ``jit fid-stats`` commands.
 
-``jit eval MODEL --num N --out DIR`` writes, per (EMA, CFG) setting, ``DIR/<setting>/samples/`` (chunks
-``chunk_00000.npz``: ``arr_0`` uint8 (n, H, W, 3), ``labels``) and ``DIR/<setting>/metrics.json``, and for
-the whole sweep ``DIR/sweep.{md,csv,png}``. Image ``i`` gets class ``i % num_classes`` and the noise of
-index ``i``, so chunks are independent: a rerun skips complete chunks and ranks of a torchrun job
-generate the chunks ``k`` with ``k % world_size == rank``; rank 0 then computes the metrics.
-
-Inception metrics use torch-fidelity's Inception-v3 (the TF-FID port behind the paper's numbers): FID
-from the 2048-d pool features (the Fréchet distance below), IS from its logits, precision/recall with
-k = 3 neighbours on the same pool features. The weights come from torch-fidelity's download cache or
-``--inception-weights``; without them the command stops before generating anything.
+``jit eval MODEL --num N --out DIR`` writes, per setting of the sweep (weights x CFG, :mod:`.sweep`),
+``DIR/<setting>/samples/`` (resumable chunks, :mod:`.sample_store`) and ``DIR/<setting>/metrics.json``
+(Inception FID/IS/PR or the offline classifier's FD-<dataset> and class accuracy, :mod:`.metrics`),
+and for the whole sweep ``DIR/sweep.{md,csv,png}``. Under torchrun every rank generates its share of
+the chunks; rank 0 then computes the metrics. Every check that can fail runs before anything is
+generated: without Inception weights the command stops at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
-import math
 import os
 import time
-import zipfile
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from .device import resolve_device
-from .fileio import atomic_write_bytes, save_json
+from .fileio import save_json
 from .frechet import StatsAccumulator, feature_stats, frechet_distance
-from .generate import add_sampling_args, generate
-from .loading import open_source
-
-INCEPTION_METRICS = ("fid", "is", "pr")
-FID_FEATURE_LAYER = "2048"  # torch-fidelity's pool features; lower layers (64, 192, 768) exist too
-CLASSIFIER_METRICS = ("fd-emoji", "acc")
-INCEPTION_WEIGHTS_URL = (
-    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+from .generate import add_sampling_args
+from .loading import Source, open_source
+from .metrics import (
+    INCEPTION_WEIGHTS_URL,
+    InceptionFeatures,
+    Scorer,
+    UInt8Images,
+    dataset_reference,
+    default_inception_path,
+    inception_scores,
+    inception_weights,
+    load_stats,
+    needs_classifier,
+    needs_inception,
+    parse_metrics,
+    reference_source,
+    save_stats,
 )
+from .sample_store import check_resume, generate_chunks, iter_chunks, sample_labels, write_adm_npz
+from .sweep import Setting, format_value, parse_floats, sweep_settings, write_sweep
 
-
-# --------------------------------------------------------------------------------------------
-# Inception metrics (torch-fidelity)
-# --------------------------------------------------------------------------------------------
-
-
-def default_inception_path() -> Path:
-    """Where torch-fidelity caches the Inception weights it downloads (torch hub's checkpoints folder)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_URL.rsplit("/", 1)[1]
-
-
-def inception_weights(path: str | os.PathLike | None = None) -> Path:
-    """The Inception weights file: ``path`` if given, else torch-fidelity's cached download; else a clear error."""
-    if path is not None:
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"--inception-weights {path} does not exist")
-        return path
-    cached = default_inception_path()
-    if cached.is_file():
-        return cached
-    raise FileNotFoundError(
-        f"Inception weights not found at {cached}: download {INCEPTION_WEIGHTS_URL} there (torch-fidelity does "
-        "so on first use when online) or pass --inception-weights PATH; offline, use --metrics fd-emoji,acc"
-    )
-
-
-class UInt8Images(Dataset):
-    """Images as uint8 (3, H, W) tensors (what torch-fidelity's extractors read) from uint8 (N, H, W, 3)
-    arrays or from a dataset of ``(image, label)`` items."""
-
-    def __init__(self, source: np.ndarray | Dataset):
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        if isinstance(self.source, np.ndarray):
-            return torch.from_numpy(np.ascontiguousarray(self.source[index].transpose(2, 0, 1)))
-        item = self.source[index]
-        return item[0] if isinstance(item, (tuple, list)) else item
-
-
-def _uint8_batches(images: np.ndarray | Dataset, batch_size: int, num_workers: int = 0) -> Iterator[torch.Tensor]:
-    """uint8 (B, 3, H, W) batches of an (N, H, W, 3) array or a dataset."""
-    if isinstance(images, np.ndarray):
-        for lo in range(0, len(images), batch_size):
-            yield torch.from_numpy(np.ascontiguousarray(images[lo : lo + batch_size])).permute(0, 3, 1, 2)
-        return
-    yield from DataLoader(UInt8Images(images), batch_size=batch_size, num_workers=num_workers)
+# the names tests and scripts have imported from here since before the split
+__all__ = ["INCEPTION_WEIGHTS_URL", "InceptionFeatures", "StatsAccumulator", "UInt8Images", "add_cli",
+           "feature_stats", "frechet_distance", "generate_chunks", "inception_scores", "inception_weights",
+           "run_eval", "run_fid_stats", "sample_labels"]  # fmt: skip
 
 
 @dataclass
-class InceptionFeatures:
-    """torch-fidelity's Inception-v3 returning the FID layer's features and the IS logits."""
+class EvalPlan:
+    """What ``jit eval`` will do, resolved from its flags and the model before anything is generated."""
 
-    weights: Path
-    device: torch.device = torch.device("cpu")
-    feature_layer: str | None = None  # default FID_FEATURE_LAYER
-    batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-        self.feature_layer = self.feature_layer or FID_FEATURE_LAYER
-        self.layers = [self.feature_layer, "logits_unbiased"]
-        self.net = FeatureExtractorInceptionV3(
-            "inception-v3-compat", self.layers, feature_extractor_weights_path=str(self.weights)
-        ).to(self.device)
-
-    @torch.no_grad()
-    def batches(self, images: np.ndarray | Dataset, num_workers: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        """Per batch: {"features": (B, D), "logits": (B, 1008)} float32 on the CPU."""
-        for batch in _uint8_batches(images, self.batch_size, num_workers):
-            feats, logits = self.net(batch.to(self.device))
-            yield {"features": feats.float().cpu(), "logits": logits.float().cpu()}
-
-    def __call__(self, images: np.ndarray | Dataset, num_workers: int = 0) -> dict[str, torch.Tensor]:
-        parts = list(self.batches(images, num_workers))
-        if not parts:
-            raise ValueError("no images to extract features from")
-        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-    def reference(self, images: np.ndarray | Dataset, keep_features: bool = False, num_workers: int = 0) -> dict:
-        """{"mu", "sigma", "count"[, "features"]} of a (possibly large) reference set, streamed."""
-        acc, kept = StatsAccumulator(), []
-        for out in self.batches(images, num_workers):
-            acc.update(out["features"].numpy())
-            if keep_features:
-                kept.append(out["features"].numpy())
-        mu, sigma = acc.stats()
-        stats = {"mu": mu, "sigma": sigma, "count": acc.count}
-        if keep_features:
-            stats["features"] = np.concatenate(kept)
-        return stats
-
-
-def inception_scores(
-    features: dict[str, torch.Tensor], reference: dict, metrics: Sequence[str], device: torch.device | str = "cpu"
-) -> dict[str, float]:
-    """FID / IS / precision-recall of generated ``features`` (from :class:`InceptionFeatures`) against
-    ``reference`` (``mu``, ``sigma``; ``features`` too for precision/recall)."""
-    from torch_fidelity.metric_isc import isc_features_to_metric
-    from torch_fidelity.metric_prc import prc_features_to_metric
-
-    out: dict[str, float] = {}
-    feats = features["features"]
-    if "fid" in metrics:
-        mu, sigma = feature_stats(feats)
-        out["FID"] = frechet_distance(mu, sigma, reference["mu"], reference["sigma"])
-    if "is" in metrics:
-        isc = isc_features_to_metric(features["logits"], splits=min(10, len(feats)), shuffle=True, rng_seed=2020)
-        out["IS"], out["IS_std"] = isc["inception_score_mean"], isc["inception_score_std"]
-    if "pr" in metrics:
-        if reference.get("features") is None:
-            raise ValueError("precision/recall need reference features: use --ref-dir or fid-stats --with-features")
-        real = torch.as_tensor(np.asarray(reference["features"]), dtype=torch.float32, device=device)
-        prc = prc_features_to_metric(feats.to(device), real, prc_neighborhood=3, prc_batch_size=10000,
-                                     save_cpu_ram=True, verbose=False)  # fmt: skip
-        out["precision"], out["recall"] = prc["precision"], prc["recall"]
-    return out
-
-
-def save_stats(path: str | Path, stats: dict, **extra) -> Path:
-    """Write reference statistics (``mu``, ``sigma``, ``count`` [, ``features``]) as an ``.npz``, atomically."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {k: np.asarray(v) for k, v in {**stats, **extra}.items() if v is not None}
-    atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
-    return path
-
-
-def load_stats(path: str | Path) -> dict:
-    """Read reference statistics: ``mu`` and ``sigma`` (ADM/torch-fidelity layout), optional ``features``."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"reference statistics {path} do not exist")
-    with np.load(path, allow_pickle=False) as f:
-        if "mu" not in f or "sigma" not in f:
-            raise ValueError(f"{path} holds no 'mu'/'sigma' arrays (make one with `jit fid-stats`)")
-        out = {"mu": f["mu"].astype(np.float64), "sigma": f["sigma"].astype(np.float64)}
-        out["count"] = int(f["count"]) if "count" in f else None
-        out["features"] = f["features"] if "features" in f else None
-        out["source"] = str(f["source"]) if "source" in f else str(path)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Chunked, resumable, rank-sharded generation
-# --------------------------------------------------------------------------------------------
-
-
-def sample_labels(num: int, num_classes: int) -> np.ndarray:
-    """Class of image i: ``i % num_classes`` (every class equally often when num is a multiple); 0 when
-    unconditional (the null label of a num_classes = 0 model)."""
-    if num_classes <= 0:
-        return np.zeros(num, dtype=np.int64)
-    return np.arange(num, dtype=np.int64) % num_classes
-
-
-def chunk_path(samples_dir: Path, k: int) -> Path:
-    return samples_dir / f"chunk_{k:05d}.npz"
-
-
-def _chunk_complete(path: Path, expected: int) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        with np.load(path) as f:
-            return len(f["labels"]) == expected and f["arr_0"].shape[0] == expected
-    except Exception:  # noqa: BLE001 - unreadable: regenerate it
-        return False
-
-
-def generate_chunks(
-    model,
-    samples_dir: str | Path,
-    labels: np.ndarray,
-    *,
-    chunk_size: int,
-    rank: int = 0,
-    world_size: int = 1,
-    progress: str | None = None,
-    **gen_kwargs,
-) -> int:
-    """Generate the missing chunks of this rank (``k % world_size == rank``) into ``samples_dir``.
-
-    Chunk k holds images ``k*chunk_size ...``; each is written atomically. Returns the number of chunks
-    generated (complete chunks are skipped)."""
-    samples_dir = Path(samples_dir)
-    samples_dir.mkdir(parents=True, exist_ok=True)
-    num_chunks = math.ceil(len(labels) / chunk_size)
-    made = 0
-    for k in range(rank, num_chunks, world_size):
-        lo, hi = k * chunk_size, min(len(labels), (k + 1) * chunk_size)
-        path = chunk_path(samples_dir, k)
-        if _chunk_complete(path, hi - lo):
-            continue
-        start = time.perf_counter()
-        images = generate(model, labels[lo:hi], start_index=lo, **gen_kwargs)
-        chunk_labels = labels[lo:hi]
-        atomic_write_bytes(path, lambda f, im=images, y=chunk_labels: np.savez(f, arr_0=im, labels=y))
-        made += 1
-        if progress:
-            print(f"{progress}: chunk {k + 1}/{num_chunks} ({hi - lo} images) in {time.perf_counter() - start:.1f} s",
-                  flush=True)  # fmt: skip
-    return made
-
-
-def iter_chunks(samples_dir: str | Path, num: int, chunk_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(images uint8 (n, H, W, 3), labels (n,)) of each chunk in order; a missing chunk is an error."""
-    samples_dir = Path(samples_dir)
-    for k in range(math.ceil(num / chunk_size)):
-        path = chunk_path(samples_dir, k)
-        expected = min(num, (k + 1) * chunk_size) - k * chunk_size
-        if not _chunk_complete(path, expected):
-            raise FileNotFoundError(f"sample chunk {path} is missing or incomplete: rerun the same command")
-        with np.load(path) as f:
-            yield f["arr_0"], f["labels"]
-
-
-def write_adm_npz(path: str | Path, chunks: Iterator[tuple[np.ndarray, np.ndarray]], num: int) -> Path:
-    """Stream chunks into one ``.npz`` with ``arr_0`` uint8 (N, H, W, 3) (what the ADM evaluation suite
-    reads) and ``arr_1`` labels (N,), without holding all images in memory; written atomically."""
-    path = Path(path)
-    all_labels = []
-
-    def write(f) -> None:
-        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            first = True
-            with zf.open("arr_0.npy", "w", force_zip64=True) as member:
-                for images, labels in chunks:
-                    if first:
-                        header = {"descr": np.lib.format.dtype_to_descr(images.dtype), "fortran_order": False,
-                                  "shape": (num, *images.shape[1:])}  # fmt: skip
-                        np.lib.format.write_array_header_2_0(member, header)
-                        first = False
-                    member.write(np.ascontiguousarray(images).tobytes())
-                    all_labels.append(labels)
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.concatenate(all_labels).astype(np.int64))
-            zf.writestr("arr_1.npy", buffer.getvalue())
-
-    atomic_write_bytes(path, write)
-    return path
-
-
-# --------------------------------------------------------------------------------------------
-# Sweep summary
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Setting:
-    """One point of a sweep: which weights and which guidance weight."""
-
-    ema: str
-    cfg: float
+    metrics: list[str]
+    settings: list[Setting]
+    labels: np.ndarray  # (num,) class of each image
+    interval: tuple[float, float]
+    data: str | None  # the model's dataset spec (classifier metrics, default Inception reference)
+    source: str  # the model file, recorded with the samples
+    out_dir: Path
 
     @property
-    def name(self) -> str:
-        return f"{self.ema}-cfg{self.cfg:g}"
+    def num(self) -> int:
+        return len(self.labels)
 
+    @property
+    def inception(self) -> bool:
+        return needs_inception(self.metrics)
 
-def write_sweep(out_dir: str | Path, rows: list[dict]) -> list[Path]:
-    """``sweep.md`` (a table), ``sweep.csv`` and ``sweep.png`` (each metric vs cfg, one line per EMA)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    out_dir = Path(out_dir)
-    metric_keys = []
-    for row in rows:
-        metric_keys += [k for k in row["metrics"] if k not in metric_keys]
-    header = ["setting", "ema", "cfg", "num", *metric_keys]
-    table = [[r["setting"], r["ema"], f"{r['cfg']:g}", str(r["num"]),
-              *(_fmt(r["metrics"].get(k)) for k in metric_keys)] for r in rows]  # fmt: skip
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(cells) + " |" for cells in table]
-    atomic_write_bytes(out_dir / "sweep.md", lambda f: f.write(("\n".join(md) + "\n").encode()))
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([[r["setting"], r["ema"], r["cfg"], r["num"], *(r["metrics"].get(k, "") for k in metric_keys)]
-                      for r in rows])  # fmt: skip
-    atomic_write_bytes(out_dir / "sweep.csv", lambda f: f.write(text.getvalue().encode()))
-
-    plotted = [k for k in metric_keys if not k.endswith("_std")] or ["num"]
-    fig = Figure(figsize=(4.5 * len(plotted), 3.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    for i, key in enumerate(plotted):
-        ax = fig.add_subplot(1, len(plotted), i + 1)
-        for ema in dict.fromkeys(r["ema"] for r in rows):
-            values = [(r["cfg"], r["num"] if key == "num" else r["metrics"].get(key)) for r in rows if r["ema"] == ema]
-            pts = sorted((c, v) for c, v in values if v is not None)
-            ax.plot([c for c, _ in pts], [v for _, v in pts], marker="o", label=ema)
-        ax.set_xlabel("CFG weight")
-        ax.set_title(key)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
-    atomic_write_bytes(out_dir / "sweep.png", lambda f: f.write(png.getvalue()))
-    return [out_dir / "sweep.md", out_dir / "sweep.csv", out_dir / "sweep.png"]
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return ""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-# --------------------------------------------------------------------------------------------
-# jit eval
-# --------------------------------------------------------------------------------------------
-
-
-def parse_metrics(text: str) -> list[str]:
-    """``"fid,is,fd-emoji,acc"`` -> names; ``fd`` and any ``fd-<data>`` mean the classifier FD; ``none`` -> []."""
-    names = [m.strip().lower() for m in text.split(",") if m.strip()]
-    if names == ["none"]:
-        return []
-    out = []
-    for name in names:
-        if name == "fd" or name.startswith("fd-"):
-            name = "fd-emoji"
-        if name not in INCEPTION_METRICS + CLASSIFIER_METRICS:
-            raise ValueError(f"unknown metric {name!r}: choose from fid, is, pr, fd-emoji (or fd-<data>), acc, none")
-        if name not in out:
-            out.append(name)
-    return out
-
-
-def parse_floats(text: str, flag: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise ValueError(f"{flag} expects comma-separated numbers like 1.5,2.0, got {text!r}") from err
-    if not values:
-        raise ValueError(f"{flag} is empty")
-    return values
+    @property
+    def classifier(self) -> bool:
+        return needs_classifier(self.metrics)
 
 
 def _distributed(device_arg: str):
@@ -411,34 +98,8 @@ def _check_data_spec(spec: str | None, what: str) -> None:
         raise FileNotFoundError(f"{what} {spec!r} does not exist (expected 'emoji' or a folder)")
 
 
-def _setting_meta(args, info, setting: Setting, interval, num: int, source: str) -> dict:
-    """Everything that determines a setting's images; a resumed run must match it."""
-    return {
-        "model": source, "weights": setting.ema, "cfg": setting.cfg, "cfg_interval": list(interval),
-        "steps": args.steps, "method": args.method, "seed": args.seed, "num": num, "chunk_size": args.chunk_size,
-        "image_size": info.image_size, "num_classes": info.num_classes, "prediction": info.prediction,
-        "noise_scale": info.noise_scale, "t_eps": info.t_eps, "precision": args.precision,
-    }  # fmt: skip
-
-
-def _check_resume(meta_path: Path, meta: dict, write: bool) -> None:
-    if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
-        changed = sorted(k for k in meta if old.get(k) != meta[k] and k != "model")
-        if changed:
-            raise ValueError(f"{meta_path.parent} holds samples made with other settings ({', '.join(changed)}): "
-                             "use another --out or delete that folder")  # fmt: skip
-    elif write:
-        meta_path.parent.mkdir(parents=True, exist_ok=True)
-        save_json(meta_path, meta)
-
-
-def run_eval(args: argparse.Namespace) -> None:
-    metrics = parse_metrics(args.metrics)
-    cfgs = parse_floats(args.cfg, "--cfg") if args.cfg else None
-    inception = [m for m in metrics if m in INCEPTION_METRICS]
-    # cheap checks first, on every rank: nothing is generated when a metric could not be computed
-    weights_path = inception_weights(args.inception_weights) if inception else None
+def _check_flags(args: argparse.Namespace, metrics: list[str]) -> None:
+    """The checks that need no model, on every rank: nothing is generated when a metric could not be computed."""
     if args.ref_stats and args.ref_dir:
         raise ValueError("give at most one of --ref-stats and --ref-dir")
     if args.ref_stats and not Path(args.ref_stats).expanduser().is_file():
@@ -452,167 +113,164 @@ def run_eval(args: argparse.Namespace) -> None:
     if args.classifier and not (Path(args.classifier).expanduser() / "config.json").is_file():
         raise FileNotFoundError(f"--classifier {args.classifier} holds no classifier (config.json)")
 
-    dist_info = _distributed(args.device)
-    device = dist_info.device
-    models = open_source(args.model_path)
-    emas = [e.strip() for e in (args.ema or "").split(",") if e.strip()] or [models.default_weights]
-    models.check(emas)
-    model, info = models.load(emas[0], device)
-    data = args.data or models.data
-    if inception and not (args.ref_stats or args.ref_dir or data):
-        raise ValueError("FID needs a reference: pass --ref-stats STATS.npz or --ref-dir FOLDER")
-    if any(m in CLASSIFIER_METRICS for m in metrics) and not (args.classifier or data):
-        raise ValueError("fd-emoji/acc need the dataset: pass --data SPEC or --classifier PATH")
+
+def _image_count(args: argparse.Namespace, num_classes: int) -> int:
+    """Images per setting from --num or --per-class (K x classes)."""
     if args.per_class is not None:
-        num = args.per_class * max(info.num_classes, 1)
+        num = args.per_class * max(num_classes, 1)
         if args.num is not None and args.num != num:
-            raise ValueError(f"--num {args.num} != --per-class {args.per_class} x {max(info.num_classes, 1)} classes")
+            raise ValueError(f"--num {args.num} != --per-class {args.per_class} x {max(num_classes, 1)} classes")
     elif args.num is not None:
         num = args.num
     else:
         raise ValueError("give --num N or --per-class K")
     if num < 2:
         raise ValueError(f"need at least 2 images, got {num}")
-    if cfgs is None:
-        cfgs = [info.cfg]
+    return num
+
+
+def _plan(args, metrics: list[str], cfgs: list[float] | None, emas: list[str], models: Source, info,
+          verbose: bool) -> EvalPlan:  # fmt: skip
+    """The sweep's settings, the images' labels and the sampling interval; fails on a missing reference."""
+    data = args.data or models.data
+    if needs_inception(metrics) and not (args.ref_stats or args.ref_dir or data):
+        raise ValueError("FID needs a reference: pass --ref-stats STATS.npz or --ref-dir FOLDER")
+    if needs_classifier(metrics) and not (args.classifier or data):
+        raise ValueError("fd-emoji/acc need the dataset: pass --data SPEC or --classifier PATH")
+    num = _image_count(args, info.num_classes)
+    cfgs = cfgs or [info.cfg]
     if info.num_classes == 0 and cfgs != [1.0]:
-        if dist_info.is_main:
+        if verbose:
             print("unconditional model: CFG does not apply, using cfg 1")
         cfgs = [1.0]
-    if info.num_classes == 0 and "acc" in metrics and dist_info.is_main:
+    if info.num_classes == 0 and "acc" in metrics and verbose:
         print("unconditional model: class accuracy does not apply, skipping acc")
     interval = tuple(args.interval) if args.interval is not None else tuple(info.cfg_interval)
-    labels = sample_labels(num, info.num_classes)
-    out_dir = Path(args.out)
-    settings = [Setting(ema, cfg) for ema in emas for cfg in cfgs]
+    return EvalPlan(metrics, sweep_settings(emas, cfgs), sample_labels(num, info.num_classes), interval, data,
+                    str(models.file), Path(args.out))  # fmt: skip
 
-    # 1. generation (every rank its share of the chunks)
-    gen_seconds: dict[str, float] = {}
-    gen_chunks: dict[str, int] = {}
-    for ema in emas:
-        model, info = models.load(ema, device)
-        for setting in [s for s in settings if s.ema == ema]:
-            samples_dir = out_dir / setting.name / "samples"
-            meta = _setting_meta(args, info, setting, interval, num, str(models.file))
-            _check_resume(samples_dir / "settings.json", meta, write=dist_info.is_main)
+
+def _sampling_record(args, info, setting: Setting, plan: EvalPlan) -> dict:
+    """Everything that determines a setting's images; a resumed run must match it."""
+    return {
+        "model": plan.source, "weights": setting.ema, "cfg": setting.cfg, "cfg_interval": list(plan.interval),
+        "steps": args.steps, "method": args.method, "seed": args.seed, "num": plan.num, "chunk_size": args.chunk_size,
+        "image_size": info.image_size, "num_classes": info.num_classes, "prediction": info.prediction,
+        "noise_scale": info.noise_scale, "t_eps": info.t_eps, "precision": args.precision,
+    }  # fmt: skip
+
+
+def _generate(args, plan: EvalPlan, models: Source, dist_info) -> dict[str, dict]:
+    """This rank's share of every setting's chunks; per setting the chunks made and the seconds taken."""
+    done = {}
+    for ema in dict.fromkeys(s.ema for s in plan.settings):
+        model, info = models.load(ema, dist_info.device)  # another weight set of the same file: swapped in memory
+        for setting in [s for s in plan.settings if s.ema == ema]:
+            samples_dir = plan.out_dir / setting.name / "samples"
+            check_resume(samples_dir, _sampling_record(args, info, setting, plan), write=dist_info.is_main)
             start = time.perf_counter()
-            gen_chunks[setting.name] = generate_chunks(
-                model, samples_dir, labels, chunk_size=args.chunk_size, rank=dist_info.rank,
+            made = generate_chunks(
+                model, samples_dir, plan.labels, chunk_size=args.chunk_size, rank=dist_info.rank,
                 world_size=dist_info.world_size, progress=setting.name if dist_info.is_main else None,
-                image_size=info.image_size, seed=args.seed, cfg=setting.cfg, cfg_interval=interval,
+                image_size=info.image_size, seed=args.seed, cfg=setting.cfg, cfg_interval=plan.interval,
                 steps=args.steps, method=args.method, noise_scale=info.noise_scale, t_eps=info.t_eps,
-                prediction=info.prediction, batch_size=args.batch_size, device=device, precision=args.precision,
+                prediction=info.prediction, batch_size=args.batch_size, device=dist_info.device,
+                precision=args.precision,
             )  # fmt: skip
-            gen_seconds[setting.name] = round(time.perf_counter() - start, 2)
+            done[setting.name] = {"chunks": made, "seconds": round(time.perf_counter() - start, 2)}
+    return done
+
+
+def _inception_reference(args, net: InceptionFeatures, plan: EvalPlan, image_size: int) -> dict:
+    """--ref-stats, else the Inception statistics of --ref-dir (or the model's training data), cached in --out."""
+    if args.ref_stats:
+        stats = load_stats(args.ref_stats)
+        stats["source"] = str(Path(args.ref_stats).expanduser().resolve())
+        return stats
+    cache = plan.out_dir / "reference_inception.npz"
+    return dataset_reference(net, args.ref_dir or plan.data, args.ref_split, image_size, cache,
+                             need_features="pr" in plan.metrics, num_workers=args.num_workers)  # fmt: skip
+
+
+def _scorer(args, plan: EvalPlan, info, weights_path: Path | None, device: torch.device) -> Scorer:
+    """The Inception network and reference and/or the classifier the requested metrics need."""
+    scorer = Scorer(plan.metrics, device=device)
+    if plan.inception:
+        scorer.inception = InceptionFeatures(weights_path, device, batch_size=args.metric_batch_size)
+        scorer.reference = _inception_reference(args, scorer.inception, plan, info.image_size)
+    if plan.classifier:
+        from .classifier import ClassifierMetrics
+
+        classifier = ClassifierMetrics.create(plan.data, info.image_size, classifier=args.classifier,
+                                              reference_split=args.classifier_ref_split, device=device)  # fmt: skip
+        names = classifier.config.class_names
+        if info.num_classes and (len(names) != info.num_classes or (info.class_names and info.class_names != names)):
+            raise ValueError(f"the classifier's classes ({len(names)}: {names[:3]}...) are not the model's "
+                             f"({info.num_classes}): pass --classifier trained on the model's dataset")  # fmt: skip
+        scorer.classifier = classifier
+    return scorer
+
+
+def _score(args, plan: EvalPlan, setting: Setting, scorer: Scorer, info, run: dict) -> dict:
+    """Score one setting's samples (and write its ADM .npz when asked); returns its metrics.json record,
+    with ``run``'s facts (processes, device, generation) before the scoring time."""
+    samples_dir = plan.out_dir / setting.name / "samples"
+    start = time.perf_counter()
+    result = scorer.score(iter_chunks(samples_dir, plan.num, args.chunk_size), conditional=info.num_classes > 0)
+    if args.adm_npz:
+        h = info.image_size
+        npz = write_adm_npz(plan.out_dir / setting.name / f"samples_{plan.num}x{h}x{h}x3.npz",
+                            iter_chunks(samples_dir, plan.num, args.chunk_size), plan.num)  # fmt: skip
+        print(f"wrote {npz}")
+    classifier = scorer.classifier
+    return {
+        "setting": setting.name, **setting.fields(), "num": plan.num, "metrics": result,
+        "sampling": _sampling_record(args, info, setting, plan),
+        "reference": None if scorer.reference is None else scorer.reference.get("source"),
+        "classifier": None if classifier is None else str(classifier.folder),
+        "classifier_reference_split": None if classifier is None else classifier.reference_split,
+        **run, "metric_seconds": round(time.perf_counter() - start, 2),
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }  # fmt: skip
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    """``jit eval``: generate every setting's samples (sharded over torchrun ranks), then score them on rank 0."""
+    metrics = parse_metrics(args.metrics)
+    cfgs = parse_floats(args.cfg, "--cfg") if args.cfg else None
+    weights_path = inception_weights(args.inception_weights) if needs_inception(metrics) else None
+    _check_flags(args, metrics)
+    dist_info = _distributed(args.device)
+    models = open_source(args.model_path)
+    emas = [e.strip() for e in (args.ema or "").split(",") if e.strip()] or [models.default_weights]
+    models.check(emas)
+    _, info = models.load(emas[0], dist_info.device)
+    plan = _plan(args, metrics, cfgs, emas, models, info, verbose=dist_info.is_main)
+    generation = _generate(args, plan, models, dist_info)
     from .distributed import barrier, cleanup
 
     barrier(dist_info)
     if not dist_info.is_main:
         cleanup(dist_info)
         return
-    del model
-
-    # 2. metrics (rank 0)
-    inception_net = reference = classifier = None
-    if inception:
-        inception_net = InceptionFeatures(weights_path, device, batch_size=args.metric_batch_size)
-        reference = _inception_reference(args, inception_net, data, info.image_size, out_dir, "pr" in metrics)
-    if any(m in CLASSIFIER_METRICS for m in metrics):
-        from .classifier import ClassifierMetrics
-
-        classifier = ClassifierMetrics.create(data, info.image_size, classifier=args.classifier,
-                                              reference_split=args.classifier_ref_split, device=device)  # fmt: skip
-        names = classifier.config.class_names
-        if info.num_classes and (len(names) != info.num_classes or (info.class_names and info.class_names != names)):
-            raise ValueError(f"the classifier's classes ({len(names)}: {names[:3]}...) are not the model's "
-                             f"({info.num_classes}): pass --classifier trained on the model's dataset")  # fmt: skip
+    scorer = _scorer(args, plan, info, weights_path, dist_info.device)
     rows = []
-    for setting in settings:
-        samples_dir = out_dir / setting.name / "samples"
-        start = time.perf_counter()
-        result = _score_setting(samples_dir, num, args.chunk_size, metrics, inception_net, reference, classifier,
-                                conditional=info.num_classes > 0, device=device)  # fmt: skip
-        if args.adm_npz:
-            h = info.image_size
-            npz = write_adm_npz(out_dir / setting.name / f"samples_{num}x{h}x{h}x3.npz",
-                                iter_chunks(samples_dir, num, args.chunk_size), num)  # fmt: skip
-            print(f"wrote {npz}")
-        record = {
-            "setting": setting.name, "ema": setting.ema, "cfg": setting.cfg, "num": num, "metrics": result,
-            "sampling": _setting_meta(args, info, setting, interval, num, str(models.file)),
-            "reference": None if reference is None else reference.get("source"),
-            "classifier": None if classifier is None else str(classifier.folder),
-            "classifier_reference_split": None if classifier is None else classifier.reference_split,
-            "world_size": dist_info.world_size, "device": str(device),
-            "chunks_generated": gen_chunks.get(setting.name),  # by this run (rank 0's share under torchrun)
-            "generation_seconds": gen_seconds.get(setting.name),
-            "metric_seconds": round(time.perf_counter() - start, 2),
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }  # fmt: skip
-        save_json(out_dir / setting.name / "metrics.json", record)
+    for setting in plan.settings:
+        run = {"world_size": dist_info.world_size, "device": str(dist_info.device),
+               "chunks_generated": generation[setting.name]["chunks"],  # by this run (rank 0's share under torchrun)
+               "generation_seconds": generation[setting.name]["seconds"]}  # fmt: skip
+        record = _score(args, plan, setting, scorer, info, run)
+        save_json(plan.out_dir / setting.name / "metrics.json", record)
         rows.append(record)
-        print(f"{setting.name}: " + (", ".join(f"{k} {_fmt(v)}" for k, v in result.items()) or "generated"), flush=True)
-    for path in write_sweep(out_dir, rows):
+        scores = ", ".join(f"{k} {format_value(v)}" for k, v in record["metrics"].items())
+        print(f"{setting.name}: {scores or 'generated'}", flush=True)
+    for path in write_sweep(plan.out_dir, rows):
         print(f"wrote {path}")
     cleanup(dist_info)
 
 
-def _inception_reference(args, net: InceptionFeatures, data: str | None, image_size: int, out_dir: Path,
-                         need_features: bool) -> dict:  # fmt: skip
-    """Reference statistics: --ref-stats, else the Inception features of --ref-dir (or the model's training
-    data) preprocessed like training data, cached in ``out_dir``."""
-    if args.ref_stats:
-        stats = load_stats(args.ref_stats)
-        stats["source"] = str(Path(args.ref_stats).expanduser().resolve())
-        return stats
-    from .data import load_dataset
-
-    spec = args.ref_dir or data
-    source = f"{spec if spec == 'emoji' else Path(spec).expanduser().resolve()}:{args.ref_split}:{image_size}px"
-    source += f":{net.feature_layer}"
-    cached = out_dir / "reference_inception.npz"
-    if cached.is_file():
-        stats = load_stats(cached)
-        if stats["source"] == source and (stats["features"] is not None or not need_features):
-            return stats
-    print(f"computing Inception reference statistics of {source}")
-    dataset = load_dataset(spec, image_size, split=args.ref_split)
-    stats = net.reference(dataset, keep_features=need_features, num_workers=args.num_workers)
-    save_stats(cached, stats, source=np.array(source))
-    stats["source"] = source
-    return stats
-
-
-def _score_setting(samples_dir: Path, num: int, chunk_size: int, metrics: Sequence[str], inception_net, reference,
-                   classifier, conditional: bool, device) -> dict[str, float]:  # fmt: skip
-    """All requested metrics of one setting's samples, streamed chunk by chunk."""
-    inc_parts, clf_parts, all_labels = [], [], []
-    for images, labels in iter_chunks(samples_dir, num, chunk_size):
-        all_labels.append(labels)
-        if inception_net is not None:
-            inc_parts.append(inception_net(images))
-        if classifier is not None:
-            clf_parts.append(classifier.extract(images))
-    result: dict[str, float] = {}
-    if inception_net is not None:
-        feats = {k: torch.cat([p[k] for p in inc_parts]) for k in inc_parts[0]}
-        result.update(inception_scores(feats, reference, metrics, device=device))
-    if classifier is not None:
-        labels = np.concatenate(all_labels) if "acc" in metrics and conditional else None
-        scores = classifier.score(np.concatenate([f for f, _ in clf_parts]), np.concatenate([p for _, p in clf_parts]),
-                                  labels)  # fmt: skip
-        if "fd-emoji" not in metrics:
-            del scores[classifier.fd_name]
-        result.update(scores)
-    return result
-
-
-# --------------------------------------------------------------------------------------------
-# jit fid-stats
-# --------------------------------------------------------------------------------------------
-
-
 def run_fid_stats(args: argparse.Namespace) -> None:
+    """``jit fid-stats``: Inception reference statistics of a dataset, written as an ``.npz``."""
     from .data import load_dataset
 
     weights = inception_weights(args.inception_weights)
@@ -622,8 +280,8 @@ def run_fid_stats(args: argparse.Namespace) -> None:
     net = InceptionFeatures(weights, device, batch_size=args.batch_size)
     start = time.perf_counter()
     stats = net.reference(dataset, keep_features=args.with_features, num_workers=args.num_workers)
-    spec = args.source if args.source == "emoji" else str(Path(args.source).expanduser().resolve())
-    path = save_stats(args.out, stats, source=np.array(f"{spec}:{args.split}:{args.img_size}px:{net.feature_layer}"))
+    source = reference_source(args.source, args.split, args.img_size, net.feature_layer)
+    path = save_stats(args.out, stats, source=np.array(source))
     print(f"wrote {path}: {stats['count']} images, {net.feature_layer}-d Inception features, "
           f"{time.perf_counter() - start:.1f} s")  # fmt: skip
 

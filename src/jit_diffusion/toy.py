@@ -16,15 +16,19 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .flow import FlowMatching, convert
+from .flow import SPACES, FlowMatching, convert
 from .sampling import solve, time_grid
+from .toy_report import cell_key, curve_distance, format_table, plot_grid, sliced_wasserstein
+
+# the objective's path fields, written flat into the saved configuration
+OBJECTIVE_FIELDS = ("p_mean", "p_std", "t_eps", "noise_scale")
 
 # spiral: r = theta for theta uniform in [THETA_START, THETA_END] (one and a half turns), centred and scaled
 THETA_START = 1.5 * math.pi
@@ -45,10 +49,8 @@ class ToyConfig:
     batch_size: int = 128
     lr: float = 2e-3
     t_sampling: str = "uniform"  # "uniform" or "logit_normal" (sigmoid(N(p_mean, p_std^2)), the image recipe)
-    p_mean: float = -0.8
-    p_std: float = 0.8
-    t_eps: float = 0.05
-    noise_scale: float = 1.0
+    # the v-loss and its path (p_mean, p_std, t_eps, noise_scale); each cell sets its own prediction type
+    objective: FlowMatching = field(default_factory=lambda: FlowMatching(loss="v", label_drop_prob=0.0))
     data_noise: float = 0.02  # isotropic 2-D Gaussian jitter around the curve, in data units
     # sampling
     sample_method: str = "heun"
@@ -66,6 +68,28 @@ class ToyConfig:
         base = cls(steps=20, batch_size=64, num_samples=200, sample_steps=4, num_projections=64, curve_points=500,
                    workers=1)
         return replace(base, **overrides)
+
+    def to_dict(self) -> dict:
+        """The configuration as saved in ``toy_metrics.json``: the objective's path fields flat, in place."""
+        out = {}
+        for f in fields(self):
+            if f.name == "objective":
+                out.update({name: getattr(self.objective, name) for name in OBJECTIVE_FIELDS})
+            else:
+                out[f.name] = getattr(self, f.name)
+        return out
+
+    def check(self) -> None:
+        """One-line errors for values the experiment cannot run with."""
+        for p in self.predictions:
+            if p not in SPACES:
+                raise ValueError(f"prediction must be x, eps or v, got {p!r}")
+        if self.t_sampling not in ("uniform", "logit_normal"):
+            raise ValueError(f"t_sampling must be uniform or logit_normal, got {self.t_sampling!r}")
+        if self.objective.loss != "v":
+            raise ValueError(f"the toy experiment trains every cell with the v-loss, got loss {self.objective.loss!r}")
+        if min(self.dims) < 2:
+            raise ValueError(f"every dimension must be >= 2, got {list(self.dims)}")
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -143,44 +167,6 @@ class ToyMLP(nn.Module):
         return self.net(torch.cat([z, t_col], dim=1))  # (B, D)
 
 
-# --- metrics ------------------------------------------------------------------------------------
-
-
-def wasserstein_1d(a: np.ndarray, b: np.ndarray) -> float:
-    """Exact W1 between two 1-D empirical distributions: the integral of |F_a - F_b|."""
-    a, b = np.sort(np.asarray(a, np.float64)), np.sort(np.asarray(b, np.float64))
-    if a.shape == b.shape:
-        return float(np.abs(a - b).mean())
-    grid = np.sort(np.concatenate([a, b]))
-    cdf_a = np.searchsorted(a, grid[:-1], side="right") / a.size
-    cdf_b = np.searchsorted(b, grid[:-1], side="right") / b.size
-    return float(np.sum(np.abs(cdf_a - cdf_b) * np.diff(grid)))
-
-
-def projection_directions(num: int, dim: int = 2, seed: int = 0) -> np.ndarray:
-    """``num`` random unit vectors (num, dim), uniform on the sphere, from a fixed seed."""
-    directions = np.random.default_rng(seed).standard_normal((num, dim))
-    return directions / np.linalg.norm(directions, axis=1, keepdims=True)
-
-
-def sliced_wasserstein(a: np.ndarray, b: np.ndarray, num_projections: int = 1000, seed: int = 0) -> float:
-    """Sliced Wasserstein-1: mean over random unit directions w of W1(a w, b w); a (n, d), b (m, d)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    directions = projection_directions(num_projections, a.shape[1], seed)
-    proj_a, proj_b = a @ directions.T, b @ directions.T  # (n, K), (m, K)
-    if a.shape[0] == b.shape[0]:
-        return float(np.abs(np.sort(proj_a, axis=0) - np.sort(proj_b, axis=0)).mean())
-    return float(np.mean([wasserstein_1d(proj_a[:, k], proj_b[:, k]) for k in range(num_projections)]))
-
-
-def curve_distance(points: np.ndarray, curve: np.ndarray, chunk: int = 1024) -> float:
-    """Mean Euclidean distance from each point (n, 2) to the nearest vertex of a dense curve (m, 2)."""
-    points, curve = np.asarray(points, np.float64), np.asarray(curve, np.float64)
-    nearest = [np.sqrt(((p[:, None, :] - curve[None]) ** 2).sum(-1)).min(1) for p in np.split(
-        points, range(chunk, len(points), chunk))]  # fmt: skip
-    return float(np.concatenate(nearest).mean()) if nearest else float("nan")
-
-
 # --- one cell: train, sample --------------------------------------------------------------------
 
 
@@ -192,8 +178,7 @@ def train_cell(cfg: ToyConfig, prediction: str, dim: int, embedding: torch.Tenso
     """Train one MLP on the embedded spiral with the v-loss; returns the model and the loss curve."""
     torch.manual_seed(_cell_seed(cfg.seed, dim))
     model = ToyMLP(dim, cfg.hidden)
-    objective = FlowMatching(prediction=prediction, loss="v", p_mean=cfg.p_mean, p_std=cfg.p_std, t_eps=cfg.t_eps,
-                             noise_scale=cfg.noise_scale, label_drop_prob=0.0)
+    objective = replace(cfg.objective, prediction=prediction)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.steps, 1))
     gen = torch.Generator().manual_seed(_cell_seed(cfg.seed, dim) + 1)
@@ -217,22 +202,18 @@ def train_cell(cfg: ToyConfig, prediction: str, dim: int, embedding: torch.Tenso
 def generate(model: ToyMLP, cfg: ToyConfig, prediction: str, num: int, seed: int) -> torch.Tensor:
     """Integrate the learned ODE from z = noise_scale * N(0, I) at t = 0 to t = 1; returns (num, D)."""
     gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(num, model.dim, generator=gen) * cfg.noise_scale
+    z = torch.randn(num, model.dim, generator=gen) * cfg.objective.noise_scale
     times = time_grid(cfg.sample_steps)
 
     def velocity(z_t: torch.Tensor, t: torch.Tensor, weight: float) -> torch.Tensor:
         t_rows = t.expand(z_t.shape[0])  # (B,)
         out = model(z_t, t_rows)
-        return convert(out, z_t, t_rows, prediction, "v", cfg.t_eps)
+        return convert(out, z_t, t_rows, prediction, "v", cfg.objective.t_eps)
 
     return solve(velocity, z, times, [1.0] * len(times), method=cfg.sample_method)
 
 
 # --- the grid -----------------------------------------------------------------------------------
-
-
-def cell_key(prediction: str, dim: int) -> str:
-    return f"{prediction}_D{dim}"
 
 
 def run_cell(cfg: ToyConfig, prediction: str, dim: int) -> dict:
@@ -270,18 +251,41 @@ def run_cells(cfg: ToyConfig, keys: list[tuple[str, int]]):
             yield (*futures[future], future.result())
 
 
+def _score_cell(prediction: str, dim: int, result: dict, sw, true_points: np.ndarray, curve: np.ndarray) -> dict:
+    """Distances of a cell's finite samples to a fresh true set (``sw``) and to the curve, its final loss
+    (mean of the last 5% of steps) and timings."""
+    projected, losses = result["samples"], result["losses"]
+    finite = np.isfinite(projected).all(axis=1)
+    tail = losses[-max(1, len(losses) // 20):]
+    return {
+        "prediction": prediction,
+        "dim": dim,
+        "sw1": sw(projected[finite], true_points) if finite.any() else float("nan"),
+        "curve_dist": curve_distance(projected[finite], curve),
+        "finite_fraction": float(finite.mean()),
+        "final_loss": float(np.mean(tail)) if tail else float("nan"),
+        "train_s": result["train_s"],
+        "sample_s": result["sample_s"],
+    }
+
+
+def _ratios(cfg: ToyConfig, cells: dict[str, dict]) -> dict[str, dict]:
+    """Per prediction type, the distances at the largest D over those at the smallest."""
+    lo, hi = min(cfg.dims), max(cfg.dims)
+    ratios = {}
+    for prediction in cfg.predictions:
+        a, b = cells[cell_key(prediction, hi)], cells[cell_key(prediction, lo)]
+        ratios[prediction] = {f"sw1_D{hi}_over_D{lo}": a["sw1"] / b["sw1"],
+                              f"curve_dist_D{hi}_over_D{lo}": a["curve_dist"] / b["curve_dist"]}  # fmt: skip
+    return ratios
+
+
 def run_toy(cfg: ToyConfig, out_dir: str | Path, *, log=print) -> dict:
     """Train and sample every (prediction, D) cell; write toy.png, toy_samples.npz, toy_metrics.json.
 
     With ``cfg.workers > 1`` the cells run in spawned processes, so a calling script needs the usual
     ``if __name__ == "__main__":`` guard (the ``jit`` command has it)."""
-    for p in cfg.predictions:
-        if p not in ("x", "eps", "v"):
-            raise ValueError(f"prediction must be x, eps or v, got {p!r}")
-    if cfg.t_sampling not in ("uniform", "logit_normal"):
-        raise ValueError(f"t_sampling must be uniform or logit_normal, got {cfg.t_sampling!r}")
-    if min(cfg.dims) < 2:
-        raise ValueError(f"every dimension must be >= 2, got {list(cfg.dims)}")
+    cfg.check()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -296,109 +300,28 @@ def run_toy(cfg: ToyConfig, out_dir: str | Path, *, log=print) -> dict:
     keys = [(prediction, dim) for dim in cfg.dims for prediction in cfg.predictions]
     for prediction, dim, result in run_cells(cfg, keys):
         key = cell_key(prediction, dim)
-        projected, losses = result["samples"], result["losses"]
-        finite = np.isfinite(projected).all(axis=1)
-        samples[key] = projected
-        tail = losses[-max(1, len(losses) // 20):]
-        cells[key] = {
-            "prediction": prediction,
-            "dim": dim,
-            "sw1": sw(projected[finite], true_points) if finite.any() else float("nan"),
-            "curve_dist": curve_distance(projected[finite], curve),
-            "finite_fraction": float(finite.mean()),
-            "final_loss": float(np.mean(tail)) if tail else float("nan"),
-            "train_s": result["train_s"],
-            "sample_s": result["sample_s"],
-        }
-        log(f"  {key:<9} sw1 {cells[key]['sw1']:.4f}  curve {cells[key]['curve_dist']:.4f}  "
-            f"loss {cells[key]['final_loss']:.4f}  train {result['train_s']:.1f}s  sample {result['sample_s']:.2f}s")
+        samples[key] = result["samples"]
+        cells[key] = cell = _score_cell(prediction, dim, result, sw, true_points, curve)
+        log(f"  {key:<9} sw1 {cell['sw1']:.4f}  curve {cell['curve_dist']:.4f}  "
+            f"loss {cell['final_loss']:.4f}  train {cell['train_s']:.1f}s  sample {cell['sample_s']:.2f}s")
     cells = {cell_key(p, d): cells[cell_key(p, d)] for p, d in keys}  # grid order, whatever finished first
-    lo, hi = min(cfg.dims), max(cfg.dims)
-    ratios = {}
-    for prediction in cfg.predictions:
-        a, b = cells[cell_key(prediction, hi)], cells[cell_key(prediction, lo)]
-        ratios[prediction] = {f"sw1_D{hi}_over_D{lo}": a["sw1"] / b["sw1"],
-                              f"curve_dist_D{hi}_over_D{lo}": a["curve_dist"] / b["curve_dist"]}
     metrics = {
         "distance": "sw1 = sliced Wasserstein-1 between projected samples and fresh true samples "
         f"({cfg.num_projections} random directions, seed {cfg.seed}); curve_dist = mean distance of each "
         "projected sample to the nearest point of the noise-free curve",
         "reference": reference,  # the same distances between two independent true sets: the sampling-noise level
         "cells": cells,
-        "ratios": ratios,
+        "ratios": _ratios(cfg, cells),
         "train_s_total": sum(c["train_s"] for c in cells.values()),
         "sample_s_total": sum(c["sample_s"] for c in cells.values()),
-        "config": asdict(cfg),
+        "config": cfg.to_dict(),
     }
     np.savez(out_dir / "toy_samples.npz", curve=curve, true_samples=true_points, dims=np.array(cfg.dims),
              predictions=np.array(cfg.predictions), **samples)
-    plot_grid(samples, curve, cfg, cells, out_dir / "toy.png")
+    plot_grid(samples, curve, cfg.predictions, cfg.dims, cells, out_dir / "toy.png")
     metrics["wall_s"] = time.perf_counter() - start
     (out_dir / "toy_metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
-
-
-_ROW_TITLES = {"x": "x-prediction", "eps": "ε-prediction", "v": "v-prediction"}
-
-
-def plot_grid(samples: dict[str, np.ndarray], curve: np.ndarray, cfg: ToyConfig, cells: dict[str, dict],
-              path: str | Path) -> None:
-    """Rows: prediction types; columns: D. Each panel: projected samples (dots) over the true curve (line)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows, cols = len(cfg.predictions), len(cfg.dims)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
-    limit = 1.35 * float(np.abs(curve).max())
-    for r, prediction in enumerate(cfg.predictions):
-        for c, dim in enumerate(cfg.dims):
-            ax = axes[r][c]
-            key = cell_key(prediction, dim)
-            ax.plot(curve[:, 0], curve[:, 1], color="0.55", lw=1.0, zorder=1)
-            pts = samples[key]
-            ax.scatter(pts[:, 0], pts[:, 1], s=1.5, color="tab:orange" if prediction == "x" else "tab:blue",
-                       alpha=0.5, linewidths=0, zorder=2)
-            ax.set_xlim(-limit, limit)
-            ax.set_ylim(-limit, limit)
-            ax.set_aspect("equal")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            label = f"SW1 {cells[key]['sw1']:.3f}"
-            outside = float((~(np.abs(pts) <= limit).all(axis=1)).mean())  # off-panel or non-finite
-            if outside > 0.01:
-                label += f", {outside:.1%} off-panel"
-            ax.text(0.03, 0.03, label, transform=ax.transAxes, fontsize=7, color="0.25")
-            if r == 0:
-                ax.set_title(f"D = {dim}", fontsize=11)
-            if c == 0:
-                ax.set_ylabel(_ROW_TITLES[prediction], fontsize=11)
-    fig.suptitle("Toy manifold: 2-D spiral embedded in D dims, v-loss, samples projected by P$^T$", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-
-
-def format_table(metrics: dict) -> str:
-    """A plain-text table of sw1 / curve distance per cell plus the high-D / low-D ratios."""
-    cfg = metrics["config"]
-    dims, predictions = cfg["dims"], cfg["predictions"]
-    lines = ["sliced W1 (curve distance) between generated and true 2-D samples; lower is better",
-             f"{'pred':<5}" + "".join(f"{'D=' + str(d):>19}" for d in dims)
-             + f"  D={max(dims)} / D={min(dims)}"]
-    for p in predictions:
-        row = f"{p:<5}"
-        for d in dims:
-            cell = metrics["cells"][cell_key(p, d)]
-            row += f"{cell['sw1']:>10.4f} ({cell['curve_dist']:6.3f})"
-        sw1_ratio, curve_ratio = metrics["ratios"][p].values()
-        lines.append(row + f"  {sw1_ratio:7.1f}x ({curve_ratio:.1f}x)")
-    ref = metrics["reference"]
-    lines.append(f"two independent true sets: sw1 {ref['sw1']:.4f}, curve distance {ref['curve_dist']:.4f}")
-    lines.append(f"train {metrics['train_s_total']:.1f}s, sample {metrics['sample_s_total']:.1f}s, "
-                 f"wall {metrics['wall_s']:.1f}s ({cfg['workers']} workers x {cfg['threads']} threads)")
-    return "\n".join(lines)
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -413,15 +336,10 @@ def _str_list(text: str) -> tuple[str, ...]:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    overrides = {"seed": args.seed, "threads": args.threads}
-    if args.workers is not None:
-        overrides["workers"] = args.workers
-    if args.dims is not None:
-        overrides["dims"] = args.dims
-    if args.predictions is not None:
-        overrides["predictions"] = args.predictions
-    if args.steps is not None:
-        overrides["steps"] = args.steps
+    """``jit toy``: run the grid, print the table; flags left out keep the (quick) configuration's values."""
+    flags = {"seed": args.seed, "threads": args.threads, "workers": args.workers, "dims": args.dims,
+             "predictions": args.predictions, "steps": args.steps}  # fmt: skip
+    overrides = {name: value for name, value in flags.items() if value is not None}
     cfg = ToyConfig.quick(**overrides) if args.quick else ToyConfig(**overrides)
     print(f"toy: dims {list(cfg.dims)}, predictions {list(cfg.predictions)}, {cfg.steps} steps x batch "
           f"{cfg.batch_size}, {cfg.workers} workers x {cfg.threads} threads -> {args.out}")
