@@ -20,7 +20,8 @@ ORDER = [
     # data / io
     "emoji", "data", "checkpoint", "official", "loading",
     # commands
-    "generate", "classifier", "train", "evaluate", "toy", "convert", "cli", "__init__",
+    "generate", "classifier", "train_config", "train_flags", "train_optim", "train_data", "train_state", "train_log",
+    "train_preview", "train", "evaluate", "toy", "convert", "cli", "__init__",
 ]  # fmt: skip
 MAX_FILE_LINES = 450
 MAX_FUNCTION_LINES = 60
