@@ -18,10 +18,11 @@ ORDER = [
     # model
     "layers", "flow", "frechet", "pretrained", "model", "ema", "sampling",
     # data / io
-    "emoji", "data", "checkpoint", "official", "loading",
+    "emoji", "image_folder", "data_cache", "data", "checkpoint", "official", "loading",
     # commands
-    "generate", "classifier", "train_config", "train_flags", "train_optim", "train_data", "train_state", "train_log",
-    "train_preview", "train", "evaluate", "toy", "convert", "cli", "__init__",
+    "generate", "classifier", "train_signals", "train_config", "train_flags", "train_optim", "train_data",
+    "train_state", "train_log", "train_health", "train_preview", "train",
+    "evaluate", "toy", "convert", "cli", "__init__",
 ]  # fmt: skip
 MAX_FILE_LINES = 450
 MAX_FUNCTION_LINES = 60

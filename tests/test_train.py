@@ -136,8 +136,8 @@ def test_clear_errors(tmp_path, image_folder):
     corrupt = make_image_folder(tmp_path / "corrupt", num_classes=2, per_class=4)
     bad = corrupt / "class_1" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
-    _one_line_error(_jit("train", *TINY, "--data", str(corrupt), "--steps", "3", "--out", str(tmp_path / "d")),
-                    str(bad))
+    _one_line_error(_jit("train", *TINY, "--data", str(corrupt), "--steps", "3", "--strict-data", "--out",
+                         str(tmp_path / "d")), str(bad))  # without --strict-data it is replaced (test_robust.py)
     res = subprocess.run([sys.executable, "-m", "jit_diffusion.cli", "train", *TINY, "--data", "emoji", "--steps",
                           "1", "--out", str(tmp_path / "e")], capture_output=True, text=True, timeout=600,
                          env={**ENV, "JIT_EMOJI_FONT": str(tmp_path / "no-such-font.ttf"),

@@ -18,6 +18,15 @@ from jit_diffusion.train_flags import add_parser, config_from_args
 from jit_diffusion.train_optim import learning_rate, param_groups
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process training on one thread (as the subprocess tests run): the machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class TinyImages(torch.utils.data.Dataset):
     """n random 16 px uint8 images in ``num_classes`` classes, in memory."""
 

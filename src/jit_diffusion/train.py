@@ -6,7 +6,8 @@ gives the same result on 1 or N processes and a resumed run continues bit-for-bi
 
 The pieces live beside this file: the config (:mod:`train_config`), the flags (:mod:`train_flags`),
 data order and draws (:mod:`train_data`), optimizer and schedule (:mod:`train_optim`), checkpoint
-state (:mod:`train_state`), preview grids (:mod:`train_preview`) and the log (:mod:`train_log`).
+state (:mod:`train_state`), preview grids (:mod:`train_preview`), the log (:mod:`train_log`), early
+stops (:mod:`train_health`) and preemption signals (:mod:`train_signals`).
 """
 
 from __future__ import annotations
@@ -14,27 +15,36 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .checkpoint import latest_checkpoint
+from .checkpoint import latest_checkpoint, writing_to
 from .device import use_bf16
-from .distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
+from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .ema import EMA
 from .errors import UserError
 from .fileio import save_json
 from .model import JiT
 from .parallel import apply_fsdp
 from .train_config import TrainConfig, compiles, model_config, validate
-from .train_data import Augment, StepBatchSampler, default_workers, make_loader
+from .train_data import Augment, KeyedStepSampler, StepBatchSampler, default_workers, make_loader
 from .train_flags import add_parser, config_from_args
+from .train_health import (
+    STOP_BAD_IMAGES,
+    STOP_MAX_MINUTES,
+    BadImageLedger,
+    RunHealth,
+    default_bad_image_limit,
+    out_of_memory_message,
+    preempted,
+)
 from .train_log import LogWindow, RunLog
 from .train_optim import build_optimizer, learning_rate, param_groups, set_learning_rate
 from .train_preview import PreviewGrid
+from .train_signals import Preemption
 from .train_state import read_resume, restore_training_state, save_state, training_state
 
 __all__ = [
@@ -56,6 +66,7 @@ class Trainer:
         self.cfg = dataclasses.replace(cfg, compile=compiles(cfg, self.device))  # saved as what is done
         self.run_dir = Path(cfg.out)
         validate(cfg, self.dist.world_size)
+        self.preemption = Preemption(cfg.preempt_signals)
         if cfg.fsdp and not self.dist.enabled:
             print("--fsdp: single process, running without sharding")
         self.resume_from = latest_checkpoint(self.run_dir) if resume else None
@@ -128,9 +139,10 @@ class Trainer:
 
     def _loader(self) -> Iterator:
         cfg = self.cfg
-        sampler = StepBatchSampler(**self.sampler_args, start_step=self.step)
+        sampler = KeyedStepSampler(**self.sampler_args, start_step=self.step)
         workers = cfg.num_workers if cfg.num_workers is not None else default_workers(self.device)
-        return make_loader(self.dataset, sampler, workers, self.device)
+        return make_loader(self.dataset, sampler, workers, self.device, seed=cfg.seed, strict=cfg.strict_data,
+                           ignored_signals=tuple(self.preemption.signals))  # fmt: skip
 
     # -- checkpoints and pictures ---------------------------------------------------------
 
@@ -142,12 +154,15 @@ class Trainer:
                               class_names=self.class_names)  # fmt: skip
 
     def save(self) -> Path | None:
-        """Write the checkpoint of the current step (collective; the path on rank 0)."""
-        return save_state(self.state(), self.run_dir, self.step, self.cfg.keep_last, self.dist)
+        """Write the checkpoint of the current step (collective; the path on rank 0). A full disk or a
+        read-only folder is a one-line CheckpointWriteError on every rank; the last checkpoint stays."""
+        previous = getattr(self, "last_ckpt", None)
+        return save_state(self.state(), self.run_dir, self.step, self.cfg.keep_last, self.dist, previous)
 
     def sample_grid(self) -> Path | None:
         """Rank 0 writes ``samples/step_XXXXXXXX.png`` from EMA1 with fixed noise (a row per class)."""
-        return self.preview.write(self.step, self.writer)
+        with writing_to(self.preview.folder, "a sample grid"):
+            return self.preview.write(self.step, self.writer)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -178,39 +193,77 @@ class Trainer:
         return loss_sum
 
     def run(self) -> dict:
-        """Train from the current step to the last one (or a clean early stop); returns the last log values."""
+        """Train from the current step to the last one, or to a clean early stop (a preemption signal,
+        ``--max-minutes``, too many bad images: checkpoint first). Returns the last log values, plus
+        ``preempted`` (the signal) when a signal stopped the run."""
         self._open_run()
-        batches = self._loader()
-        self.train_model.train()
+        self.preemption.install()
         try:
+            batches = self._loader()
+            self.train_model.train()
             while self.step < self.total_steps:
                 lr = learning_rate(self.step, self.cfg, self.warmup_steps, self.total_steps)
-                loss = self.train_step([next(batches) for _ in range(self.cfg.grad_accum)], lr)
+                micro_batches = self._next_micro_batches(batches)
+                try:
+                    loss = self.train_step(micro_batches, lr)
+                except torch.OutOfMemoryError:
+                    raise UserError(out_of_memory_message(self.cfg, self.dist.world_size, self.raw_model.config
+                                                          .input_size, self.step, self.device)) from None  # fmt: skip
                 self.step += 1
                 self.window.add(loss)
                 self.log.bar.update(1)
                 if self._after_step(lr):
                     break
         finally:
+            self.preemption.restore()
             self.log.close()
-        if self.dist.is_main:
-            print(f"done: {self.step} steps; checkpoints in {self.run_dir / 'checkpoints'}")
+        return self._finish()
+
+    def _next_micro_batches(self, batches: Iterator) -> list:
+        """This rank's micro-batches of the step, noting the images that were replaced."""
+        micro_batches = []
+        for _ in range(self.cfg.grad_accum):
+            images, labels, bad = next(batches)
+            self.ledger.note(bad)
+            micro_batches.append((images, labels))
+        return micro_batches
+
+    def _finish(self) -> dict:
+        """The closing line; an error if too many images were bad (after the checkpoint)."""
+        bad = self.ledger.count
+        self.summary["bad_images"] = bad
+        if self.stop_reason == STOP_BAD_IMAGES:
+            raise UserError(f"{bad} images failed to decode, more than --max-bad-images {self.ledger.limit}; "
+                            f"stopped at step {self.step} after saving {self.last_ckpt or 'a checkpoint'}. "
+                            f"`jit data check {self.cfg.data}` lists them")  # fmt: skip
+        if preempted(self.stop_reason):
+            self.summary["preempted"] = self.stop_reason
+        elif self.dist.is_main:
+            replaced = f"; {bad} bad image(s) replaced (named above)" if bad else ""
+            print(f"done: {self.step} steps; checkpoints in {self.run_dir / 'checkpoints'}{replaced}")
         return self.summary
 
     def _open_run(self) -> None:
         """Rank 0 writes config.json and opens TensorBoard; every rank starts its log window."""
         cfg, info = self.cfg, self.dist
         if info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_json(self.run_dir / "config.json", {**dataclasses.asdict(cfg), "resolved": self._resolved()})
+            with writing_to(self.run_dir, "config.json"):
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                save_json(self.run_dir / "config.json", {**dataclasses.asdict(cfg), "resolved": self._resolved()})
             for stale in (self.run_dir / "checkpoints").glob("*.tmp*"):
                 stale.unlink(missing_ok=True)  # left by a kill during a write
         self.log = RunLog(self.run_dir, info, self.total_steps, self.step)
         self.writer = self.log.writer
         self.window = LogWindow(self.device, cfg.batch_size)
-        self.last_ckpt = latest_checkpoint(self.run_dir) if info.is_main else None
+        limit = cfg.max_bad_images if cfg.max_bad_images is not None else default_bad_image_limit(len(self.dataset))
+        self.ledger = BadImageLedger(self.dataset, limit)
+        self.health = RunHealth(info, self.window, self.preemption, self.ledger, cfg.max_minutes)
+        if info.is_main:  # for messages: what a failure would leave as the latest
+            self.last_ckpt = self.resume_from or latest_checkpoint(self.run_dir, verify=False)
+        else:
+            self.last_ckpt = None
         self.summary: dict = {}
-        self.run_start = time.perf_counter()
+        self.stop_reason: str | None = None
 
     def _resolved(self) -> dict:
         """The values config.json records beside the flags: what the defaults resolved to."""
@@ -226,17 +279,25 @@ class Trainer:
         """Checks, log line, checkpoint and sample grid due after a step; True when the run stops here."""
         cfg = self.cfg
         final = self.step == self.total_steps
-        at_log = self.step % cfg.log_every == 0 or final
-        if at_log and not final and self._time_is_up():
-            final = True
-        at_ckpt = self.step % cfg.ckpt_every == 0 or final
-        if (at_log or at_ckpt) and self.window.diverged(self.dist):
+        health = self.health.poll(final or self.step % cfg.log_every == 0 or self.step % cfg.ckpt_every == 0)
+        if health.diverged:
             raise TrainingDiverged(f"loss became NaN/inf at or before step {self.step}; stopped without saving. "
                                    f"Last good checkpoint: {self.last_ckpt or 'none'}")  # fmt: skip
+        for record in health.new_bad:
+            self.log.say(self.ledger.describe(record))
+        if not final and health.stop is not None:
+            self.stop_reason, final = health.stop, True
+            self._announce_stop()
+        at_log = self.step % cfg.log_every == 0 or final
+        at_ckpt = self.step % cfg.ckpt_every == 0 or final
         if at_log:
             self._log_line(lr)
         if at_ckpt:
             self.last_ckpt = self.save() or self.last_ckpt
+        if preempted(self.stop_reason):  # save only, then exit
+            self.log.say(f"{self.stop_reason}: saved {self.last_ckpt or 'the checkpoint'} at step {self.step}; "
+                         f"stopping (continue with --resume)")  # fmt: skip
+            return True
         at_sample = bool(cfg.sample_every) and (self.step % cfg.sample_every == 0 or final)
         if at_sample:
             self.sample_grid()
@@ -245,20 +306,19 @@ class Trainer:
             self.window.restart_clock()
         return final
 
-    def _time_is_up(self) -> bool:
-        """``--max-minutes`` reached (rank 0's clock decides, so every rank stops at the same step)."""
-        if not self.cfg.max_minutes:
-            return False
-        over = time.perf_counter() - self.run_start > 60 * self.cfg.max_minutes
-        if bool(broadcast_object(over, self.dist)):
+    def _announce_stop(self) -> None:
+        if self.stop_reason == STOP_MAX_MINUTES:
             self.log.say(f"--max-minutes {self.cfg.max_minutes} reached at step {self.step}; saving and stopping")
-            return True
-        return False
+        elif self.stop_reason == STOP_BAD_IMAGES:
+            self.log.say(f"more than --max-bad-images {self.ledger.limit} images failed to decode; saving and stopping")
+        else:
+            self.log.say(f"{self.stop_reason} received during step {self.step}: saving a checkpoint and stopping")
 
     def _log_line(self, lr: float) -> None:
         values = self.window.close(self.dist)
         self.log.bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['img_per_sec']:.1f}", lr=f"{lr:.2e}")
-        self.log.scalars(self.step, loss=values["loss"], lr=lr, img_per_sec=values["img_per_sec"])
+        self.log.scalars(self.step, loss=values["loss"], lr=lr, img_per_sec=values["img_per_sec"],
+                         bad_images=self.ledger.count)  # fmt: skip
         self.summary = {"step": self.step, **values}
 
     def close(self) -> None:
@@ -276,10 +336,13 @@ def add_cli(sub) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """``jit train``: 0 when done, ``--requeue-exit-code`` (default 0) after a preemption stop."""
     cfg, resume = config_from_args(args)
     trainer = Trainer(cfg, resume=resume)
     try:
-        trainer.run()
+        summary = trainer.run()
     finally:
         trainer.close()
+    if summary.get("preempted") and cfg.requeue_exit_code is not None:
+        return cfg.requeue_exit_code
     return 0

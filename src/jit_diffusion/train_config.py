@@ -11,6 +11,7 @@ from .config import JiTConfig, preset_config
 from .device import check_precision
 from .errors import UserError
 from .flow import SPACES, FlowMatching
+from .train_signals import DEFAULT_SIGNALS, parse_signals
 
 _OBJECTIVE = FlowMatching()  # the objective's defaults are the run's defaults
 
@@ -29,6 +30,8 @@ class TrainConfig:
     data: str = "emoji"
     data_split: str = "train"
     num_workers: int | None = None  # default: 0 on CPU, 4 on CUDA
+    strict_data: bool = False  # stop at the first image that does not decode (default: replace it)
+    max_bad_images: int | None = None  # stop when more distinct images fail; default 0.1% of the data, >= 10
     # objective (the fields of flow.FlowMatching; label_drop is its label_drop_prob)
     prediction: str = _OBJECTIVE.prediction
     loss: str = _OBJECTIVE.loss
@@ -59,6 +62,8 @@ class TrainConfig:
     ckpt_every: int = 1000
     keep_last: int = 3
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
+    preempt_signals: str = DEFAULT_SIGNALS  # save and stop on these ("none": never)
+    requeue_exit_code: int | None = None  # exit code after such a stop (default 0)
     log_every: int = 20
     sample_every: int = 1000  # 0 = never
     sample_per_class: int = 8
@@ -127,6 +132,9 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         raise UserError(f"--schedule must be constant or cosine, got {cfg.schedule!r}")
     if cfg.steps is None and cfg.epochs is None:
         raise UserError("give --steps or --epochs")
+    if cfg.max_bad_images is not None and cfg.max_bad_images < 0:
+        raise UserError(f"--max-bad-images must be 0 or more, got {cfg.max_bad_images}")
+    parse_signals(cfg.preempt_signals)  # names the flag when a signal is unknown
     if cfg.batch_size % (world_size * cfg.grad_accum):
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by processes x --grad-accum "
                         f"({world_size} x {cfg.grad_accum})")  # fmt: skip

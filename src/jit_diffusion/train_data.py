@@ -3,16 +3,28 @@
 Epoch e visits ``randperm(n)`` seeded by (seed, e), and every draw of a sample (flip, label drop,
 time, noise) is a function of (seed, step, position in the global batch), so neither depends on the
 number of processes, the accumulation steps or on what ran before a resume.
+
+An image that fails to decode mid-run is replaced by another image of its class chosen from
+(seed, step, position) as well (:class:`SubstitutingDataset`), so such a run is exact too.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
+from typing import NamedTuple
 
+import numpy as np
 import torch
+from torch.utils.data import default_collate
 
 from . import rng
 from .flow import FlowMatching
+from .image_folder import BAD_IMAGE_ERRORS, CorruptImageError, failure_reason
+from .train_signals import ignore_signals
+
+STREAM_SUBSTITUTE = 5  # the rng stream of substitute picks (rng.py's streams are 1-4)
+MAX_SUBSTITUTE_TRIES = 16
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
@@ -38,7 +50,8 @@ class StepBatchSampler(torch.utils.data.Sampler):
         """Position in the global batch of the first image of this rank's micro-batch ``micro_index``."""
         return self.rank * self.local + micro_index * self.micro
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def micro_batches(self) -> Iterator[tuple[int, int, list[int]]]:
+        """(global step, micro-batch index, dataset indices) from ``start_step`` on, forever."""
         step = self.start_step
         while True:
             epoch, within = divmod(step, self.steps_per_epoch)
@@ -46,8 +59,23 @@ class StepBatchSampler(torch.utils.data.Sampler):
             for s in range(within, self.steps_per_epoch):
                 lo = s * self.B + self.first_position(0)
                 for a in range(self.accum):
-                    yield order[lo + a * self.micro : lo + (a + 1) * self.micro].tolist()
+                    indices = order[lo + a * self.micro : lo + (a + 1) * self.micro].tolist()
+                    yield epoch * self.steps_per_epoch + s, a, indices
             step = (epoch + 1) * self.steps_per_epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _, _, indices in self.micro_batches():
+            yield indices
+
+
+class KeyedStepSampler(StepBatchSampler):
+    """:class:`StepBatchSampler` whose micro-batches hold ``(index, step, position)`` keys, the items of
+    :class:`SubstitutingDataset`."""
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        for step, micro_index, indices in self.micro_batches():
+            first = self.first_position(micro_index)
+            yield [(index, step, first + i) for i, index in enumerate(indices)]
 
 
 class Augment:
@@ -66,15 +94,83 @@ class Augment:
         return x, y, t, noise
 
 
+class BadImage(NamedTuple):
+    """An image that did not decode at a draw, and the one used instead."""
+
+    index: int
+    substitute: int
+    reason: str
+
+
+class SubstitutingDataset(torch.utils.data.Dataset):
+    """Items ``(image, label, BadImage | None)`` for keys ``(index, step, position)``.
+
+    An image that fails to decode is replaced by another image of the same class (any image for
+    unconditional data) picked from (seed, step, position), so the replacement is the same on any
+    number of processes and after a resume. ``strict``: re-raise the error instead.
+    """
+
+    def __init__(self, dataset, seed: int, strict: bool = False):
+        self.dataset, self.seed, self.strict = dataset, seed, strict
+        self.labels = np.asarray(dataset.labels)
+        self._members: dict[int, np.ndarray] = {}  # class -> its indices, built on first need
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _pick(self, index: int, step: int, position: int, attempt: int) -> int | None:
+        """The substitute of ``attempt`` for ``index``: uniform over the other images of its class."""
+        label = int(self.labels[index])
+        if label not in self._members:
+            self._members[label] = np.flatnonzero(self.labels == label)
+        others = self._members[label][self._members[label] != index]
+        if len(others) == 0:
+            return None
+        u = rng.uniform(self.seed, step, STREAM_SUBSTITUTE, torch.tensor([position]), attempt + 1)[0, attempt]
+        return int(others[min(int(u * len(others)), len(others) - 1)])
+
+    def __getitem__(self, key: tuple[int, int, int]):
+        index, step, position = key
+        try:
+            return (*self.dataset[index], None)
+        except BAD_IMAGE_ERRORS as err:
+            if self.strict:
+                raise
+            reason = failure_reason(err)
+        for attempt in range(MAX_SUBSTITUTE_TRIES):
+            substitute = self._pick(index, step, position, attempt)
+            if substitute is None:
+                break
+            try:
+                return (*self.dataset[substitute], BadImage(index, substitute, reason))
+            except BAD_IMAGE_ERRORS:
+                continue
+        raise CorruptImageError(f"image {index} of the data does not decode ({reason}) and no other image of "
+                                f"its class could replace it")  # fmt: skip
+
+
+def collate_with_bad(items: list) -> tuple[torch.Tensor, torch.Tensor, list[BadImage]]:
+    """(uint8 images (B, 3, H, W), labels (B,), the substitutions made in this micro-batch)."""
+    images, labels = default_collate([(image, label) for image, label, _ in items])
+    return images, labels, [bad for _, _, bad in items if bad is not None]
+
+
 def default_workers(device: torch.device) -> int:
     """Loader processes when ``--num-workers`` is not given: 4 on CUDA, none elsewhere."""
     return 4 if device.type == "cuda" else 0
 
 
-def make_loader(dataset, sampler: StepBatchSampler, workers: int, device: torch.device) -> Iterator:
-    """An endless iterator over this rank's micro-batches ``(uint8 images, labels)``."""
+def make_loader(
+    dataset, sampler: KeyedStepSampler, workers: int, device: torch.device, seed: int, strict: bool = False,
+    ignored_signals: tuple[int, ...] = (),
+) -> Iterator:  # fmt: skip
+    """An endless iterator over this rank's micro-batches ``(uint8 images, labels, [BadImage])``.
+
+    Worker processes ignore ``ignored_signals`` (the main process handles them)."""
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+        SubstitutingDataset(dataset, seed, strict), batch_sampler=sampler, num_workers=workers,
+        collate_fn=collate_with_bad, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=functools.partial(ignore_signals, list(ignored_signals)) if ignored_signals else None,
     )  # fmt: skip
     return iter(loader)

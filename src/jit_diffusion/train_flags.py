@@ -28,6 +28,8 @@ FLAGS = [
     ("--data", "data", str, "'emoji' (built-in), an image folder (class subfolders or flat), or a cache folder"),
     ("--data-split", "data_split", str, "dataset split to train on (emoji: train, heldout, all)"),
     ("--num-workers", "num_workers", int, "data loader workers per process (default 0 on CPU, 4 on CUDA)"),
+    ("--max-bad-images", "max_bad_images", int, "stop when more distinct images than this fail to decode "
+     "(default 0.1%% of the data, at least 10); each is replaced by another image of its class"),
     ("--prediction", "prediction", str, "network output space: x (default), eps or v"),
     ("--loss", "loss", str, "loss space: v (default), x or eps"),
     ("--p-mean", "p_mean", float, "logit-normal t: mean (default -0.8)"),
@@ -52,6 +54,10 @@ FLAGS = [
     ("--ckpt-every", "ckpt_every", int, "checkpoint every N steps (default 1000; always at the end)"),
     ("--max-minutes", "max_minutes", float, "stop cleanly (checkpoint + samples) after this many minutes"),
     ("--keep-last", "keep_last", int, "checkpoints to keep (default 3)"),
+    ("--preempt-signals", "preempt_signals", str, "on these signals finish the step, save a checkpoint and exit "
+     "(default SIGTERM,SIGUSR1; 'none' to keep the default actions)"),
+    ("--requeue-exit-code", "requeue_exit_code", int, "exit code after a preemption stop (default 0), e.g. the "
+     "code your job script requeues on"),
     ("--log-every", "log_every", int, "log every N steps (default 20)"),
     ("--sample-every", "sample_every", int, "write an EMA sample grid every N steps (default 1000, 0 = never)"),
     ("--sample-per-class", "sample_per_class", int, "images per class in the sample grids (default 8)"),
@@ -78,6 +84,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="torch.compile each block (the default on CUDA; never on CPU)")
     p.add_argument("--no-compile", dest="compile", action="store_const", const=False,
                    help="do not compile (faster start, slower steps)")
+    p.add_argument("--strict-data", dest="strict_data", action="store_const", const=True, default=None,
+                   help="stop at the first image that does not decode instead of replacing it")
     p.add_argument("--fsdp", dest="fsdp", action="store_const", const=True, default=None,
                    help="shard parameters with FSDP2 under torchrun")
     p.add_argument("--grad-checkpointing", dest="grad_checkpointing", action="store_const", const=True, default=None,

@@ -30,10 +30,6 @@ class LogWindow:
         """Keep img/s about training only (call after checkpoints and sample grids)."""
         self.start = time.perf_counter()
 
-    def diverged(self, dist: DistInfo) -> bool:
-        """Whether any rank saw a NaN or infinite loss (a collective; syncs with the device)."""
-        return bool(all_reduce_mean(self.nonfinite.float(), dist) > 0)
-
     def close(self, dist: DistInfo) -> dict:
         """Mean loss over ranks and steps, img/s; starts the next window."""
         mean_loss = (all_reduce_mean(self.loss_sum, dist) / max(self.steps, 1)).item()

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import read_checkpoint, save_checkpoint
-from .distributed import DistInfo, all_gather_objects, barrier
+from .checkpoint import CheckpointWriteError, read_checkpoint, save_checkpoint
+from .distributed import DistInfo, all_gather_objects, broadcast_object
 from .ema import EMA
 from .errors import UserError
 from .parallel import full_state_dict, full_tensor, load_optimizer_state, optimizer_state
@@ -83,8 +83,20 @@ def restore_training_state(
     return int(ckpt["step"])
 
 
-def save_state(state: dict, run_dir: Path, step: int, keep_last: int, dist: DistInfo) -> Path | None:
-    """Rank 0 writes the checkpoint of ``step`` (and prunes to ``keep_last``); every rank waits for it."""
-    path = save_checkpoint(state, run_dir, step, keep_last=keep_last) if dist.is_main else None
-    barrier(dist)
+def save_state(
+    state: dict, run_dir: Path, step: int, keep_last: int, dist: DistInfo, previous: Path | None = None
+) -> Path | None:
+    """Rank 0 writes the checkpoint of ``step`` (and prunes to ``keep_last``); every rank waits for it.
+
+    If the write fails for lack of space or permission, every rank raises the same one-line
+    :class:`CheckpointWriteError`, which also names ``previous`` (still intact)."""
+    path, error = None, None
+    if dist.is_main:
+        try:
+            path = save_checkpoint(state, run_dir, step, keep_last=keep_last)
+        except CheckpointWriteError as err:
+            error = f"{err}; the previous checkpoint {previous or '(none)'} is intact"
+    error = broadcast_object(error, dist)  # also the barrier after the write
+    if error is not None:
+        raise CheckpointWriteError(error)
     return path
