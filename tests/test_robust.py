@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import make_image_folder
 from test_train import ENV, TINY, _assert_bitwise_equal, _final_weights, _jit
-from test_train_parts import TinyImages, tiny_config
+from test_train_parts import TinyImages, one_thread, tiny_config  # noqa: F401 (one_thread: autouse fixture)
 
 from jit_diffusion import cli
 from jit_diffusion.checkpoint import (
@@ -33,15 +33,6 @@ from jit_diffusion.train import Trainer
 from jit_diffusion.train_data import SubstitutingDataset
 from jit_diffusion.train_health import default_bad_image_limit
 from jit_diffusion.train_signals import Preemption, parse_signals
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process training on one thread (as the subprocess tests run): the machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def plant_bad_images(root: Path, picks: list[str]) -> list[Path]:
