@@ -217,12 +217,16 @@ def test_cache_exists_and_interrupted_build(class_tree, tmp_path):
     path = build_cache(ImageFolderDataset(class_tree, 8), tmp_path / "c", progress=False)
     with pytest.raises(ValueError, match="already exists"):
         build_cache(ImageFolderDataset(class_tree, 8), path, progress=False)
-    (class_tree / "dog" / "broken.png").write_bytes(b"garbage")
-    with pytest.raises(CorruptImageError, match="broken.png"):
-        build_cache(ImageFolderDataset(class_tree, 8), tmp_path / "c2", progress=False)
+    class Failing(ImageFolderDataset):  # an error that is not about an image file stops the build
+        def __getitem__(self, index):
+            if index == 2:
+                raise RuntimeError("interrupted")
+            return super().__getitem__(index)
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        build_cache(Failing(class_tree, 8), tmp_path / "c2", batch_size=2, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "classes"]  # no partial cache, no temp folder
     # overwrite replaces the cache in one step
-    (class_tree / "dog" / "broken.png").unlink()
     build_cache(ImageFolderDataset(class_tree, 12), path, overwrite=True, progress=False)
     assert CachedDataset(path).image_size == 12
 

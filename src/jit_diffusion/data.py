@@ -7,259 +7,42 @@ int64 array, one per item). An unconditional dataset has ``num_classes == 0`` an
 the model's null label for ``num_classes = 0``.
 
 ``load_dataset(spec, image_size)`` picks the kind: ``"emoji"``, a cache folder written by
-:func:`build_cache` (it holds ``meta.json``), or an image folder.
+:func:`build_cache` (it holds ``meta.json``), or an image folder. Folders are read by
+:mod:`image_folder`, caches by :mod:`data_cache`; this module adds the ``jit data`` commands.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from .fileio import atomic_folder
+from .data_cache import CACHE_FORMAT, CACHE_VERSION, CachedDataset, build_cache, is_cache_dir
+from .image_folder import (
+    IMAGE_EXTENSIONS,
+    CorruptImageError,
+    ImageFolderDataset,
+    center_crop_arr,
+    check_images,
+    find_images,
+    image_to_tensor,
+    load_image,
+    to_rgb,
+)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-CACHE_FORMAT = "jit-diffusion-uint8-cache"
-CACHE_VERSION = 1
+__all__ = [
+    "CACHE_FORMAT", "CACHE_VERSION", "FOLDER_SPLITS", "IMAGE_EXTENSIONS", "CachedDataset", "CorruptImageError",
+    "ImageFolderDataset", "add_cli", "build_cache", "center_crop_arr", "check_images", "class_grid", "find_images",
+    "image_to_tensor", "is_cache_dir", "load_dataset", "load_image", "to_rgb",
+]  # fmt: skip
+
 FOLDER_SPLITS = ("train", "all")
-
-
-class CorruptImageError(ValueError):
-    """An image file that cannot be decoded; the message names the file."""
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB. Transparent images (RGBA, LA, palette with transparency) are
-    composited onto white rather than losing their alpha; 16/32-bit grayscale is scaled to 8 bits."""
-    if image.mode == "RGB":
-        return image
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    if image.mode.startswith("I"):  # "I", "I;16", "I;16B", ...: 16-bit samples, scaled 65535 -> 255
-        gray = np.asarray(image, dtype=np.float64) / 257.0
-        return Image.fromarray(np.clip(np.rint(gray), 0, 255).astype(np.uint8), "L").convert("RGB")
-    if image.mode == "F":  # float samples are taken to be 0..255
-        return Image.fromarray(np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8), "L").convert("RGB")
-    return image.convert("RGB")
-
-
-def center_crop_arr(pil_image: Image.Image, image_size: int) -> Image.Image:
-    """The ADM centre crop: convert to RGB, halve with BOX filtering while the short side is at least
-    2 * image_size, BICUBIC-resize so the short side equals image_size, then crop the centre square."""
-    image = to_rgb(pil_image)
-    while min(image.size) >= 2 * image_size:
-        image = image.resize(tuple(side // 2 for side in image.size), resample=Image.BOX)
-    scale = image_size / min(image.size)
-    image = image.resize(tuple(round(side * scale) for side in image.size), resample=Image.BICUBIC)
-    left, top = (image.width - image_size) // 2, (image.height - image_size) // 2
-    return image.crop((left, top, left + image_size, top + image_size))
-
-
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image as RGB; any decoding failure becomes a CorruptImageError naming it.
-    The first frame of animations is used; EXIF orientation is not applied (as in the ADM/JiT pipelines)."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(image)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # PIL raises many kinds (OSError, SyntaxError, struct.error, ...) for bad files
-        raise CorruptImageError(f"cannot decode image {path}: {err}") from err
-
-
-def image_to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> uint8 tensor (3, H, W)."""
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy())
-
-
-def _is_image(name: str, extensions: tuple[str, ...]) -> bool:
-    return name.lower().endswith(extensions) and not name.startswith(".")
-
-
-def _images_under(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
-    """Image files anywhere below folder (following links, skipping hidden entries), sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(Path(dirpath) / f for f in filenames if _is_image(f, extensions))
-    return sorted(found)
-
-
-def find_images(root: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXTENSIONS):
-    """Scan an image folder: returns (paths, labels, class_names).
-
-    Class-per-folder trees (sorted subfolder names are the classes, images found recursively in each)
-    give labels 0..C-1; a flat folder of images gives class_names ``[]`` and every label 0.
-    """
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"image folder {root} does not exist")
-    if not root.is_dir():
-        raise ValueError(f"{root} is not a folder: expected a folder of images or of class subfolders")
-    entries = sorted(os.scandir(root), key=lambda e: e.name)
-    loose = [root / e.name for e in entries if e.is_file() and _is_image(e.name, extensions)]
-    subdirs = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
-    per_class = {name: _images_under(root / name, extensions) for name in subdirs}
-    class_names = [name for name in subdirs if per_class[name]]
-    if class_names:
-        if loose:
-            raise ValueError(
-                f"{root} holds both images ({loose[0].name}, ...) and class subfolders: put every image in a "
-                "class subfolder, or remove the subfolders for an unconditional dataset"
-            )
-        empty = [name for name in subdirs if not per_class[name]]
-        if empty:
-            raise ValueError(f"class folder {root / empty[0]} holds no images ({len(empty)} empty class folders)")
-        paths = [p for name in class_names for p in per_class[name]]
-        labels = [c for c, name in enumerate(class_names) for _ in per_class[name]]
-        return paths, np.array(labels, dtype=np.int64), class_names
-    if not loose:
-        exts = "/".join(extensions)
-        raise ValueError(
-            f"no images found in {root}: expected class subfolders holding {exts} files, or image files directly"
-        )
-    return loose, np.zeros(len(loose), dtype=np.int64), []
-
-
-class ImageFolderDataset(Dataset):
-    """Images from a folder, ADM-centre-cropped to image_size: class subfolders, or a flat folder
-    (unconditional: ``num_classes == 0``, every label 0). Items are ``(uint8 (3, H, W), int)``."""
-
-    def __init__(self, root: str | os.PathLike, image_size: int, extensions: tuple[str, ...] = IMAGE_EXTENSIONS):
-        if image_size < 1:
-            raise ValueError(f"image size must be positive, got {image_size}")
-        self.root = Path(root).expanduser()
-        self.image_size = image_size
-        self.paths, self.labels, self.class_names = find_images(self.root, tuple(e.lower() for e in extensions))
-        self.num_classes = len(self.class_names)
-        self.source = str(self.root.resolve())
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = center_crop_arr(load_image(self.paths[index]), self.image_size)
-        return image_to_tensor(image), int(self.labels[index])
-
-    def fingerprint(self) -> str:
-        """A short hash of the file list with sizes and modification times (changes when files do)."""
-        digest = hashlib.sha1()
-        for path in self.paths:
-            stat = path.stat()
-            digest.update(f"{path.relative_to(self.root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        return digest.hexdigest()[:12]
-
-
-def is_cache_dir(path: str | os.PathLike) -> bool:
-    """Whether path is a dataset cache written by :func:`build_cache`."""
-    meta = Path(path) / "meta.json"
-    if not meta.is_file():
-        return False
-    try:
-        return json.loads(meta.read_text()).get("format") == CACHE_FORMAT
-    except (OSError, ValueError):
-        return False
-
-
-def build_cache(
-    dataset: Dataset,
-    path: str | os.PathLike,
-    num_workers: int = 0,
-    batch_size: int = 64,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Decode every item of dataset once into ``path/``: ``images.npy`` (N, 3, H, W) uint8,
-    ``labels.npy`` (N,) int64 and ``meta.json``. Written to a temporary folder, then renamed into place,
-    so an interrupted build never leaves a broken cache. Returns the cache path."""
-    from tqdm import tqdm
-
-    path = Path(path).expanduser()
-    if path.exists() and not overwrite:
-        raise ValueError(f"cache {path} already exists: remove it or pass overwrite=True (--overwrite)")
-    n, size = len(dataset), dataset.image_size
-    if n == 0:
-        raise ValueError("cannot cache an empty dataset")
-    with atomic_folder(path, overwrite=True) as tmp:
-        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
-        labels = np.empty(n, dtype=np.int64)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        start = 0
-        with tqdm(total=n, desc=f"caching {path.name}", unit="img", disable=not progress) as bar:
-            for batch_images, batch_labels in loader:  # (B, 3, H, W) uint8, (B,)
-                stop = start + len(batch_images)
-                images[start:stop] = batch_images.numpy()
-                labels[start:stop] = batch_labels.numpy()
-                start = stop
-                bar.update(len(batch_images))
-        images.flush()
-        del images
-        np.save(tmp / "labels.npy", labels)
-        meta = {
-            "format": CACHE_FORMAT,
-            "version": CACHE_VERSION,
-            "num_items": n,
-            "image_size": size,
-            "num_classes": int(dataset.num_classes),
-            "class_names": list(dataset.class_names),
-            "source": str(getattr(dataset, "source", type(dataset).__name__)),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return path
-
-
-class CachedDataset(Dataset):
-    """A cache written by :func:`build_cache`, memory-mapped; items ``(uint8 (3, H, W), int)``."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path).expanduser()
-        if not is_cache_dir(self.path):
-            raise FileNotFoundError(
-                f"no dataset cache at {self.path}: expected a meta.json written by `jit data cache`"
-            )
-        meta = json.loads((self.path / "meta.json").read_text())
-        self.image_size = int(meta["image_size"])
-        self.num_classes = int(meta["num_classes"])
-        self.class_names = list(meta["class_names"])
-        self.source = meta.get("source", str(self.path))
-        self.labels = np.load(self.path / "labels.npy", allow_pickle=False).astype(np.int64)
-        self._images: np.ndarray | None = None
-        expected = (len(self.labels), 3, self.image_size, self.image_size)
-        if self.images.shape != expected or self.images.dtype != np.uint8:
-            raise ValueError(
-                f"cache {self.path} is inconsistent: images {self.images.shape}, expected {expected} uint8"
-            )
-
-    @property
-    def images(self) -> np.ndarray:
-        """All images, (N, 3, H, W) uint8, memory-mapped (opened lazily, so workers reopen their own)."""
-        if self._images is None:
-            self._images = np.load(self.path / "images.npy", mmap_mode="r", allow_pickle=False)
-        return self._images
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_images"] = None  # pickling a memmap would copy the whole array
-        return state
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return torch.from_numpy(np.array(self.images[index])), int(self.labels[index])
 
 
 def load_dataset(spec: str, image_size: int, split: str = "train", cache_dir: str | None = None) -> Dataset:
@@ -364,13 +147,26 @@ def _cmd_cache(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     path = build_cache(dataset, args.out, num_workers=args.num_workers, overwrite=args.overwrite)
     seconds = time.perf_counter() - start
-    print(
-        f"cached {len(dataset)} images ({dataset.num_classes} classes, {args.img_size} px) to {path} in {seconds:.1f} s"
-    )
+    skipped = json.loads((path / "meta.json").read_text()).get("skipped", [])
+    for item in skipped:
+        print(f"skipped {item['path']}: {item['reason']}")
+    kept = len(dataset) - len(skipped)
+    print(f"cached {kept} images ({dataset.num_classes} classes, {args.img_size} px) to {path} in {seconds:.1f} s"
+          + (f"; {len(skipped)} did not decode and were left out" if skipped else ""))  # fmt: skip
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    """Decode every image of a folder; list the bad ones; exit code 1 if there are any."""
+    paths, _, _ = find_images(args.folder)
+    bad = check_images(paths, workers=args.workers)
+    for path, reason in bad:
+        print(f"bad: {path}: {reason}")
+    print(f"checked {len(paths)} images in {args.folder}: {len(bad)} bad" + (" (listed above)" if bad else ""))
+    return 1 if bad else 0
 
 
 def add_cli(subparsers) -> None:
-    """Register ``jit data {emoji,info,cache}``."""
+    """Register ``jit data {emoji,info,cache,check}``."""
     parser = subparsers.add_parser("data", help="inspect and cache datasets (the built-in emoji set, image folders)")
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
@@ -413,3 +209,9 @@ def add_cli(subparsers) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
     p.set_defaults(func=_cmd_cache)
+
+    p = actions.add_parser("check", help="decode every image of a folder and list those that fail (exit code 1)")
+    p.add_argument("folder", help="an image folder (class subfolders, or flat)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="decoding processes (default: up to 8, one per CPU)")  # fmt: skip
+    p.set_defaults(func=_cmd_check)

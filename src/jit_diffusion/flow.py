@@ -8,9 +8,12 @@ t.clamp_min(t_eps) as well, the symmetric guard for the other end of the path.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+
+from . import rng
 
 SPACES = ("x", "eps", "v")
 
@@ -87,21 +90,34 @@ def convert(out: torch.Tensor, z: torch.Tensor, t: torch.Tensor, src: str, dst: 
     return _CONVERT[(src, dst)](out, z, _broadcast_t(t, z), t_eps)
 
 
+def logit_normal(normal: torch.Tensor, p_mean: float, p_std: float) -> torch.Tensor:
+    """t = sigmoid(p_mean + p_std * n) for standard-normal draws n."""
+    return torch.sigmoid(normal * p_std + p_mean)
+
+
 def sample_t(
     n: int, p_mean: float = -0.8, p_std: float = 0.8, *, generator: torch.Generator | None = None, device=None
 ) -> torch.Tensor:
     """Logit-normal times: sigmoid(N(p_mean, p_std^2)), shape (n,)."""
-    return torch.sigmoid(torch.randn(n, generator=generator, device=device) * p_std + p_mean)
+    return logit_normal(torch.randn(n, generator=generator, device=device), p_mean, p_std)
 
 
 def drop_labels(
-    y: torch.Tensor, prob: float, null_label: int, *, generator: torch.Generator | None = None
+    y: torch.Tensor,
+    prob: float,
+    null_label: int,
+    *,
+    generator: torch.Generator | None = None,
+    uniform: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Replace each label by ``null_label`` with probability ``prob`` (classifier-free guidance)."""
+    """Replace each label by ``null_label`` with probability ``prob`` (classifier-free guidance).
+
+    ``uniform`` (B,) U(0, 1) draws may be given; otherwise they come from ``generator``."""
     if prob <= 0:
         return y
-    drop = torch.rand(y.shape[0], generator=generator, device=y.device) < prob
-    return torch.where(drop, torch.full_like(y, null_label), y)
+    if uniform is None:
+        uniform = torch.rand(y.shape[0], generator=generator, device=y.device)
+    return torch.where(uniform < prob, torch.full_like(y, null_label), y)
 
 
 @dataclass
@@ -123,6 +139,20 @@ class FlowMatching:
     def __post_init__(self):
         _check_space("prediction", self.prediction)
         _check_space("loss", self.loss)
+
+    def counter_draws(
+        self, y: torch.Tensor, sample_shape: tuple[int, ...], null_label: int, seed: int, step: int,
+        positions: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The draws of a training step from the counter-based RNG (see :mod:`rng`): labels after
+        dropout, t (B,) and unit noise (B, *sample_shape), each a function of (seed, step, position)."""
+        if self.label_drop_prob > 0:
+            uniform = rng.uniform(seed, step, rng.STREAM_LABEL_DROP, positions)[:, 0]  # (B,)
+            y = drop_labels(y, self.label_drop_prob, null_label, uniform=uniform)
+        t = logit_normal(rng.normal(seed, step, rng.STREAM_TIME, positions, 1)[:, 0], self.p_mean, self.p_std)
+        numel = math.prod(sample_shape)
+        noise = rng.normal(seed, step, rng.STREAM_NOISE, positions, numel).view(-1, *sample_shape)
+        return y, t, noise
 
     def targets(self, x: torch.Tensor, noise: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The regression target in the loss space; noise is already scaled by noise_scale."""

@@ -1,0 +1,172 @@
+"""A dataset decoded once into a memory-mapped uint8 cache (``jit data cache``).
+
+A cache folder holds ``images.npy`` (N, 3, H, W) uint8, ``labels.npy`` (N,) int64 and ``meta.json``;
+images that do not decode are left out and listed in ``meta.json`` under ``skipped``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .fileio import atomic_folder
+from .image_folder import BAD_IMAGE_ERRORS, failure_reason
+
+CACHE_FORMAT = "jit-diffusion-uint8-cache"
+CACHE_VERSION = 1
+
+
+def is_cache_dir(path: str | os.PathLike) -> bool:
+    """Whether path is a dataset cache written by :func:`build_cache`."""
+    meta = Path(path) / "meta.json"
+    if not meta.is_file():
+        return False
+    try:
+        return json.loads(meta.read_text()).get("format") == CACHE_FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+class _Decoded(Dataset):
+    """Items ``(image, label, "")``, or ``(zeros, -1, reason)`` for an image that does not decode."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        try:
+            image, label = self.dataset[index]
+        except BAD_IMAGE_ERRORS as err:
+            size = self.dataset.image_size
+            return torch.zeros(3, size, size, dtype=torch.uint8), -1, failure_reason(err)
+        return image, label, ""
+
+
+def _item_name(dataset: Dataset, index: int) -> str:
+    paths = getattr(dataset, "paths", None)
+    return str(paths[index]) if paths is not None else f"item {index}"
+
+
+def _shrink(npy: Path, count: int) -> None:
+    """Keep the first ``count`` images of an (N, 3, H, W) .npy file, copying in chunks."""
+    old = np.load(npy, mmap_mode="r")
+    short = npy.with_name("short.npy")
+    new = np.lib.format.open_memmap(short, mode="w+", dtype=np.uint8, shape=(count, *old.shape[1:]))
+    for lo in range(0, count, 1024):
+        hi = min(lo + 1024, count)
+        new[lo:hi] = old[lo:hi]
+    new.flush()
+    del new, old
+    os.replace(short, npy)
+
+
+def _fill(dataset: Dataset, images: np.ndarray, labels: np.ndarray, loader: DataLoader, bar) -> list[dict]:
+    """Write the decodable items into the first rows of images/labels; returns the skipped ones."""
+    kept, index, skipped = 0, 0, []
+    for batch_images, batch_labels, reasons in loader:  # (B, 3, H, W) uint8, (B,), B reasons
+        good = [i for i, reason in enumerate(reasons) if not reason]
+        skipped += [{"path": _item_name(dataset, index + i), "reason": r} for i, r in enumerate(reasons) if r]
+        images[kept : kept + len(good)] = batch_images[good].numpy()
+        labels[kept : kept + len(good)] = batch_labels[good].numpy()
+        kept += len(good)
+        index += len(reasons)
+        bar.update(len(reasons))
+    return skipped
+
+
+def build_cache(
+    dataset: Dataset,
+    path: str | os.PathLike,
+    num_workers: int = 0,
+    batch_size: int = 64,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Decode every item of dataset once into ``path/``: ``images.npy`` (N, 3, H, W) uint8,
+    ``labels.npy`` (N,) int64 and ``meta.json``. Items that do not decode are left out and listed in
+    ``meta.json`` (``skipped``: path and reason). Written to a temporary folder, then renamed into
+    place, so an interrupted build never leaves a broken cache. Returns the cache path."""
+    from tqdm import tqdm
+
+    path = Path(path).expanduser()
+    if path.exists() and not overwrite:
+        raise ValueError(f"cache {path} already exists: remove it or pass overwrite=True (--overwrite)")
+    n, size = len(dataset), dataset.image_size
+    if n == 0:
+        raise ValueError("cannot cache an empty dataset")
+    source = str(getattr(dataset, "source", type(dataset).__name__))
+    with atomic_folder(path, overwrite=True) as tmp:
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
+        labels = np.empty(n, dtype=np.int64)
+        loader = DataLoader(_Decoded(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        with tqdm(total=n, desc=f"caching {path.name}", unit="img", disable=not progress) as bar:
+            skipped = _fill(dataset, images, labels, loader, bar)
+        images.flush()
+        del images
+        kept = n - len(skipped)
+        if kept == 0:
+            raise ValueError(f"none of the {n} images of {source} decodes (first: {skipped[0]['path']})")
+        if kept < n:
+            _shrink(tmp / "images.npy", kept)
+        np.save(tmp / "labels.npy", labels[:kept])
+        meta = {
+            "format": CACHE_FORMAT,
+            "version": CACHE_VERSION,
+            "num_items": kept,
+            "image_size": size,
+            "num_classes": int(dataset.num_classes),
+            "class_names": list(dataset.class_names),
+            "source": source,
+            "skipped": skipped,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return path
+
+
+class CachedDataset(Dataset):
+    """A cache written by :func:`build_cache`, memory-mapped; items ``(uint8 (3, H, W), int)``."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path).expanduser()
+        if not is_cache_dir(self.path):
+            raise FileNotFoundError(
+                f"no dataset cache at {self.path}: expected a meta.json written by `jit data cache`"
+            )
+        meta = json.loads((self.path / "meta.json").read_text())
+        self.image_size = int(meta["image_size"])
+        self.num_classes = int(meta["num_classes"])
+        self.class_names = list(meta["class_names"])
+        self.source = meta.get("source", str(self.path))
+        self.labels = np.load(self.path / "labels.npy", allow_pickle=False).astype(np.int64)
+        self._images: np.ndarray | None = None
+        expected = (len(self.labels), 3, self.image_size, self.image_size)
+        if self.images.shape != expected or self.images.dtype != np.uint8:
+            raise ValueError(
+                f"cache {self.path} is inconsistent: images {self.images.shape}, expected {expected} uint8"
+            )
+
+    @property
+    def images(self) -> np.ndarray:
+        """All images, (N, 3, H, W) uint8, memory-mapped (opened lazily, so workers reopen their own)."""
+        if self._images is None:
+            self._images = np.load(self.path / "images.npy", mmap_mode="r", allow_pickle=False)
+        return self._images
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_images"] = None  # pickling a memmap would copy the whole array
+        return state
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(np.array(self.images[index])), int(self.labels[index])

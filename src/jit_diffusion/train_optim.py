@@ -1,0 +1,45 @@
+"""The optimizer of a run: AdamW with weight decay on matrices only, and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .train_config import TrainConfig
+
+
+def learning_rate(step: int, cfg: TrainConfig, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up per iteration (lr * step / warmup), then constant or cosine to ``min_lr``."""
+    peak = cfg.lr_value()
+    if step < warmup_steps:
+        return peak * step / warmup_steps
+    if cfg.schedule == "constant":
+        return peak
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    # min_lr + (peak - min_lr) * (1 + cos(pi * progress)) / 2
+    return cfg.min_lr + (peak - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: biases, norm weights and 1-d tensors are never decayed."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device, sharded: bool) -> torch.optim.AdamW:
+    """AdamW over ``model``'s (possibly sharded) parameters: the fused kernel on CUDA, foreach otherwise."""
+    fast = {"fused": True} if device.type == "cuda" and not sharded else {"foreach": True}
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr_value(), betas=(cfg.beta1, cfg.beta2),
+                             **fast)  # fmt: skip
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Use ``lr`` for every parameter group from the next step on."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
