@@ -44,6 +44,7 @@ from .checkpoint import (
     training_weights,
 )
 from .generate import add_sampling_args, generate, resolve_device
+from .sampling import METHODS, network_evaluations, resolve_grid, sampling_times
 
 INCEPTION_METRICS = ("fid", "is", "pr")
 FID_FEATURE_LAYER = "2048"  # torch-fidelity's pool features; lower layers (64, 192, 768) exist too
@@ -425,14 +426,18 @@ class WeightSets:
 
 @dataclass
 class Setting:
-    """One point of a sweep: which weights and which guidance weight."""
+    """One point of a sweep: which weights, guidance weight, solver and steps (named in the folder only
+    when the sweep varies the solver or the steps)."""
 
     ema: str
     cfg: float
+    method: str = "heun"
+    steps: int = 50
+    name_sampler: bool = False
 
     @property
     def name(self) -> str:
-        return f"{self.ema}-cfg{self.cfg:g}"
+        return f"{self.ema}-cfg{self.cfg:g}" + (f"-{self.method}-{self.steps}" if self.name_sampler else "")
 
 
 def write_sweep(out_dir: str | Path, rows: list[dict]) -> list[Path]:
@@ -444,29 +449,41 @@ def write_sweep(out_dir: str | Path, rows: list[dict]) -> list[Path]:
     metric_keys = []
     for row in rows:
         metric_keys += [k for k in row["metrics"] if k not in metric_keys]
-    header = ["setting", "ema", "cfg", "num", *metric_keys]
-    table = [[r["setting"], r["ema"], f"{r['cfg']:g}", str(r["num"]),
-              *(_fmt(r["metrics"].get(k)) for k in metric_keys)] for r in rows]  # fmt: skip
+    header = ["setting", "ema", "cfg", "method", "steps", "nfe", "num", *metric_keys]
+    sampler = [[r["sampling"]["method"], r["sampling"]["steps"], r["network_evaluations"]] for r in rows]
+    table = [[r["setting"], r["ema"], f"{r['cfg']:g}", *map(str, solver), str(r["num"]),
+              *(_fmt(r["metrics"].get(k)) for k in metric_keys)] for r, solver in zip(rows, sampler)]  # fmt: skip
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(cells) + " |" for cells in table]
     atomic_write_bytes(out_dir / "sweep.md", lambda f: f.write(("\n".join(md) + "\n").encode()))
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows([[r["setting"], r["ema"], r["cfg"], r["num"], *(r["metrics"].get(k, "") for k in metric_keys)]
-                      for r in rows])  # fmt: skip
+    writer.writerows([[r["setting"], r["ema"], r["cfg"], *solver, r["num"],
+                       *(r["metrics"].get(k, "") for k in metric_keys)]
+                      for r, solver in zip(rows, sampler)])  # fmt: skip
     atomic_write_bytes(out_dir / "sweep.csv", lambda f: f.write(text.getvalue().encode()))
 
     plotted = [k for k in metric_keys if not k.endswith("_std")] or ["num"]
     fig = Figure(figsize=(4.5 * len(plotted), 3.5), layout="constrained")
     FigureCanvasAgg(fig)
+    # a sweep over solvers/steps: each metric against network evaluations, a line per solver (and EMA, CFG);
+    # otherwise each metric against the CFG weight, a line per EMA
+    by_nfe = len({tuple(solver[:2]) for solver in sampler}) > 1
+    lines = [(r["sampling"]["method"], r["ema"], r["cfg"]) if by_nfe else (r["ema"],) for r in rows]
+    varying = [len({line[j] for line in lines}) > 1 or j == 0 for j in range(len(lines[0]))] if lines else []
     for i, key in enumerate(plotted):
         ax = fig.add_subplot(1, len(plotted), i + 1)
-        for ema in dict.fromkeys(r["ema"] for r in rows):
-            values = [(r["cfg"], r["num"] if key == "num" else r["metrics"].get(key)) for r in rows if r["ema"] == ema]
-            pts = sorted((c, v) for c, v in values if v is not None)
-            ax.plot([c for c, _ in pts], [v for _, v in pts], marker="o", label=ema)
-        ax.set_xlabel("CFG weight")
+        for line in dict.fromkeys(lines):
+            members = [(r, solver) for r, solver, own in zip(rows, sampler, lines) if own == line]
+            values = [(solver[2] if by_nfe else r["cfg"], r["num"] if key == "num" else r["metrics"].get(key))
+                      for r, solver in members]  # fmt: skip
+            pts = sorted((x, v) for x, v in values if v is not None)
+            label = " ".join(f"cfg {p:g}" if isinstance(p, float) else p for p, show in zip(line, varying) if show)
+            ax.plot([x for x, _ in pts], [v for _, v in pts], marker="o", label=label)
+        if by_nfe:
+            ax.set_xscale("log")
+        ax.set_xlabel("network evaluations per image" if by_nfe else "CFG weight")
         ax.set_title(key)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -537,13 +554,21 @@ def _check_data_spec(spec: str | None, what: str) -> None:
 
 
 def _setting_meta(args, info, setting: Setting, interval, num: int, source: str) -> dict:
-    """Everything that determines a setting's images; a resumed run must match it."""
-    return {
+    """Everything that determines a setting's images; a resumed run must match it (the time grid and the
+    final step are named only when they differ from the public sampler's, so older folders still resume)."""
+    meta = {
         "model": source, "weights": setting.ema, "cfg": setting.cfg, "cfg_interval": list(interval),
-        "steps": args.steps, "method": args.method, "seed": args.seed, "num": num, "chunk_size": args.chunk_size,
-        "image_size": info.image_size, "num_classes": info.num_classes, "prediction": info.prediction,
-        "noise_scale": info.noise_scale, "t_eps": info.t_eps, "precision": args.precision,
+        "steps": setting.steps, "method": setting.method, "seed": args.seed, "num": num,
+        "chunk_size": args.chunk_size, "image_size": info.image_size, "num_classes": info.num_classes,
+        "prediction": info.prediction, "noise_scale": info.noise_scale, "t_eps": info.t_eps,
+        "precision": args.precision,
     }  # fmt: skip
+    grid, shift = resolve_grid(setting.method, args.grid, args.shift)
+    if grid != "uniform":
+        meta.update(time_grid=grid, **({"shift": shift} if grid == "shifted" else {}))
+    if args.final != "ode":
+        meta["final"] = args.final
+    return meta
 
 
 def _check_resume(meta_path: Path, meta: dict, write: bool) -> None:
@@ -562,6 +587,12 @@ def run_eval(args: argparse.Namespace) -> None:
     metrics = parse_metrics(args.metrics)
     cfgs = parse_floats(args.cfg, "--cfg") if args.cfg else None
     emas = [e.strip() for e in args.ema.split(",") if e.strip()]
+    for method in args.method:
+        if method not in METHODS:
+            raise ValueError(f"--method: unknown solver {method!r}; choose from {', '.join(METHODS)}")
+        resolve_grid(method, args.grid, args.shift)  # a bad --time-grid/--shift pair fails before any sampling
+    if min(args.steps) < 1:
+        raise ValueError(f"--steps must be >= 1, got {min(args.steps)}")
     inception = [m for m in metrics if m in INCEPTION_METRICS]
     # cheap checks first, on every rank: nothing is generated when a metric could not be computed
     weights_path = inception_weights(args.inception_weights) if inception else None
@@ -609,7 +640,10 @@ def run_eval(args: argparse.Namespace) -> None:
     interval = tuple(args.interval) if args.interval is not None else tuple(info.cfg_interval)
     labels = sample_labels(num, info.num_classes)
     out_dir = Path(args.out)
-    settings = [Setting(ema, cfg) for ema in emas for cfg in cfgs]
+    methods, steps_list = list(dict.fromkeys(args.method)), list(dict.fromkeys(args.steps))
+    name_sampler = len(methods) > 1 or len(steps_list) > 1
+    settings = [Setting(ema, cfg, method, steps, name_sampler)
+                for ema in emas for cfg in cfgs for method in methods for steps in steps_list]  # fmt: skip
 
     # 1. generation (every rank its share of the chunks)
     gen_seconds: dict[str, float] = {}
@@ -625,8 +659,9 @@ def run_eval(args: argparse.Namespace) -> None:
                 model, samples_dir, labels, chunk_size=args.chunk_size, rank=dist_info.rank,
                 world_size=dist_info.world_size, progress=setting.name if dist_info.is_main else None,
                 image_size=info.image_size, seed=args.seed, cfg=setting.cfg, cfg_interval=interval,
-                steps=args.steps, method=args.method, noise_scale=info.noise_scale, t_eps=info.t_eps,
-                prediction=info.prediction, batch_size=args.batch_size, device=device, precision=args.precision,
+                steps=setting.steps, method=setting.method, noise_scale=info.noise_scale, t_eps=info.t_eps,
+                prediction=info.prediction, grid=args.grid, shift=args.shift, final=args.final,
+                batch_size=args.batch_size, device=device, precision=args.precision,
             )  # fmt: skip
             gen_seconds[setting.name] = round(time.perf_counter() - start, 2)
     from .distributed import barrier, cleanup
@@ -662,8 +697,11 @@ def run_eval(args: argparse.Namespace) -> None:
             npz = write_adm_npz(out_dir / setting.name / f"samples_{num}x{h}x{h}x3.npz",
                                 iter_chunks(samples_dir, num, args.chunk_size), num)  # fmt: skip
             print(f"wrote {npz}")
+        times = sampling_times(setting.method, setting.steps, grid=args.grid, shift=args.shift, cfg=setting.cfg,
+                               cfg_interval=interval, t_eps=info.t_eps)  # fmt: skip
         record = {
             "setting": setting.name, "ema": setting.ema, "cfg": setting.cfg, "num": num, "metrics": result,
+            "network_evaluations": network_evaluations(setting.method, times),
             "sampling": _setting_meta(args, info, setting, interval, num, models.source),
             "reference": None if reference is None else reference.get("source"),
             "classifier": None if classifier is None else str(classifier.folder),
@@ -757,7 +795,8 @@ def add_cli(sub) -> None:
     p = sub.add_parser("eval", help="generate sample sets and compute FID/IS/PR or FD-emoji/accuracy, with sweeps",
                        description="Generate N images per (EMA, CFG) setting in resumable chunks (torchrun shards "
                                    "them over ranks) and compute metrics; writes DIR/<setting>/metrics.json and "
-                                   "DIR/sweep.{md,csv,png}.")  # fmt: skip
+                                   "DIR/sweep.{md,csv,png}. --steps 10,20 --method heun,dpm++2m sweeps the "
+                                   "sampler and plots each metric against network evaluations.")  # fmt: skip
     p.add_argument("model_path", help="run folder, checkpoint .pt, exported folder, or official checkpoint .pth")
     p.add_argument("--num", "--num-images", dest="num", type=int, default=None,
                    help="images per setting, class of image i = i %% num_classes (under torchrun spell it "
@@ -782,7 +821,7 @@ def add_cli(sub) -> None:
     p.add_argument("--chunk-size", type=int, default=500, help="images per resumable chunk (default 500)")
     p.add_argument("--metric-batch-size", type=int, default=64, help="images per Inception batch (default 64)")
     p.add_argument("--num-workers", type=int, default=0, help="data-loading workers for reference images")
-    add_sampling_args(p)
+    add_sampling_args(p, sweep=True)
     p.set_defaults(func=run_eval)
 
     s = sub.add_parser("fid-stats", help="Inception reference statistics (mu, sigma) of an image folder or emoji",
