@@ -563,7 +563,7 @@ def _setting_meta(args, info, setting: Setting, interval, num: int, source: str)
         "prediction": info.prediction, "noise_scale": info.noise_scale, "t_eps": info.t_eps,
         "precision": args.precision,
     }  # fmt: skip
-    grid, shift = resolve_grid(setting.method, args.grid, args.shift)
+    grid, shift = resolve_grid(setting.method, args.time_grid, args.shift)
     if grid != "uniform":
         meta.update(time_grid=grid, **({"shift": shift} if grid == "shifted" else {}))
     if args.final != "ode":
@@ -590,7 +590,7 @@ def run_eval(args: argparse.Namespace) -> None:
     for method in args.method:
         if method not in METHODS:
             raise ValueError(f"--method: unknown solver {method!r}; choose from {', '.join(METHODS)}")
-        resolve_grid(method, args.grid, args.shift)  # a bad --time-grid/--shift pair fails before any sampling
+        resolve_grid(method, args.time_grid, args.shift)  # a bad --time-grid/--shift pair fails before any sampling
     if min(args.steps) < 1:
         raise ValueError(f"--steps must be >= 1, got {min(args.steps)}")
     inception = [m for m in metrics if m in INCEPTION_METRICS]
@@ -660,7 +660,7 @@ def run_eval(args: argparse.Namespace) -> None:
                 world_size=dist_info.world_size, progress=setting.name if dist_info.is_main else None,
                 image_size=info.image_size, seed=args.seed, cfg=setting.cfg, cfg_interval=interval,
                 steps=setting.steps, method=setting.method, noise_scale=info.noise_scale, t_eps=info.t_eps,
-                prediction=info.prediction, grid=args.grid, shift=args.shift, final=args.final,
+                prediction=info.prediction, grid=args.time_grid, shift=args.shift, final=args.final,
                 batch_size=args.batch_size, device=device, precision=args.precision,
             )  # fmt: skip
             gen_seconds[setting.name] = round(time.perf_counter() - start, 2)
@@ -697,7 +697,7 @@ def run_eval(args: argparse.Namespace) -> None:
             npz = write_adm_npz(out_dir / setting.name / f"samples_{num}x{h}x{h}x3.npz",
                                 iter_chunks(samples_dir, num, args.chunk_size), num)  # fmt: skip
             print(f"wrote {npz}")
-        times = sampling_times(setting.method, setting.steps, grid=args.grid, shift=args.shift, cfg=setting.cfg,
+        times = sampling_times(setting.method, setting.steps, grid=args.time_grid, shift=args.shift, cfg=setting.cfg,
                                cfg_interval=interval, t_eps=info.t_eps)  # fmt: skip
         record = {
             "setting": setting.name, "ema": setting.ema, "cfg": setting.cfg, "num": num, "metrics": result,

@@ -195,7 +195,7 @@ def add_sampling_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
         p.add_argument("--steps", type=int, default=50, help="ODE steps (default 50)")
         p.add_argument("--method", choices=METHODS, default="heun",
                        help="ODE solver (default heun; dpm++2m, dpm++3m, unipc spend one evaluation per step)")
-    p.add_argument("--time-grid", dest="grid", choices=("auto", *GRIDS), default="auto",
+    p.add_argument("--time-grid", choices=("auto", *GRIDS), default="auto",
                    help="time grid (default auto: uniform for heun/euler, the measured best for the others)")
     p.add_argument("--shift", type=float, default=None,
                    help="the shifted grid's s in t' = t / (t + s (1 - t)) (implies --time-grid shifted; default 2)")
@@ -226,7 +226,7 @@ def run_sample(args: argparse.Namespace) -> None:
         cfg = 1.0
     images = generate(model, labels, image_size=info.image_size, seed=args.seed, cfg=cfg, cfg_interval=interval,
                       steps=args.steps, method=args.method, noise_scale=info.noise_scale, t_eps=info.t_eps,
-                      prediction=info.prediction, grid=args.grid, shift=args.shift, final=args.final,
+                      prediction=info.prediction, grid=args.time_grid, shift=args.shift, final=args.final,
                       batch_size=args.batch_size, device=device,
                       precision=args.precision, progress=True)  # fmt: skip
     if args.grid:

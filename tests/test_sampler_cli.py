@@ -1,9 +1,26 @@
-"""`jit eval` over steps x solvers: one setting per pair, network evaluations recorded, the NFE figure."""
+"""The sampler flags end to end: `jit sample` with a few-step solver, and `jit eval` over steps x solvers
+(one setting per pair, network evaluations recorded, the NFE figure)."""
 
 import csv
 import json
 
+import numpy as np
 from test_evaluate import _eval, tiny_classifier, tiny_folder, tiny_run  # noqa: F401 (fixtures)
+
+from jit_diffusion.cli import main
+
+
+def test_sample_with_new_solver_grid_and_final(tiny_run, tmp_path):  # noqa: F811
+    outputs = {}
+    for name, extra in [("heun", []), ("dpm", ["--method", "dpm++2m", "--time-grid", "logsnr", "--final", "denoise"]),
+                        ("unipc", ["--method", "unipc", "--shift", "3"])]:  # fmt: skip
+        npz = tmp_path / f"{name}.npz"
+        code = main(["sample", str(tiny_run), "--per-class", "1", "--cfg", "2.0", "--steps", "4", "--device", "cpu",
+                     "--grid", str(tmp_path / f"{name}.png"), "--npz", str(npz), *extra])  # fmt: skip
+        assert code == 0 and (tmp_path / f"{name}.png").is_file()
+        outputs[name] = np.load(npz)["arr_0"]
+    assert outputs["dpm"].shape == outputs["heun"].shape == (4, 8, 8, 3)
+    assert not np.array_equal(outputs["dpm"], outputs["unipc"])
 
 
 def test_steps_by_methods_sweep(tiny_run, tiny_classifier, tmp_path):  # noqa: F811
