@@ -254,7 +254,7 @@ SOLVERS: dict[str, Solver] = {
     "heun": Solver(heun, lambda steps: 2 * steps - 1, "node", "uniform"),
     "euler": Solver(euler, lambda steps: steps, "node", "uniform"),
     "dpm++2m": Solver(dpmpp_2m, lambda steps: steps, "interval", "shifted"),
-    "dpm++3m": Solver(dpmpp_3m, lambda steps: steps, "interval", "shifted"),
+    "dpm++3m": Solver(dpmpp_3m, lambda steps: steps, "interval", "logsnr"),
     "unipc": Solver(unipc, lambda steps: steps, "interval", "shifted"),
 }
 METHODS = tuple(SOLVERS)
