@@ -28,9 +28,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from jit_diffusion.checkpoint import atomic_write_bytes, latest_checkpoint, load_model, read_checkpoint
+from jit_diffusion.checkpoint import latest_checkpoint, read_checkpoint
 from jit_diffusion.classifier import ClassifierMetrics
-from jit_diffusion.generate import generate, make_grid
+from jit_diffusion.fileio import atomic_write_bytes
+from jit_diffusion.generate import generate
+from jit_diffusion.images import make_grid
+from jit_diffusion.loading import load_model
 from jit_diffusion.train import TrainConfig, Trainer
 
 SPACES = ("x", "eps", "v")

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from jit_diffusion import JiT, create_model
-from jit_diffusion.checkpoint import ModelInfo, load_model, save_checkpoint
+from jit_diffusion.checkpoint import ModelInfo, save_checkpoint
 from jit_diffusion.cli import main as cli_main
 from jit_diffusion.convert import (
     CONFIG_NAME,
@@ -22,6 +22,7 @@ from jit_diffusion.convert import (
     load_pretrained,
     save_pretrained,
 )
+from jit_diffusion.loading import load_model
 
 GOLDEN_START = 1  # in_context_start of the golden net: not a preset, and not visible in the weights
 

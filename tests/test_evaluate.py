@@ -13,7 +13,7 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-from jit_diffusion import evaluate
+from jit_diffusion import evaluate, loading
 from jit_diffusion.checkpoint import save_checkpoint
 from jit_diffusion.classifier import ClassifierConfig, SmallCNN, save_classifier
 from jit_diffusion.cli import main
@@ -27,6 +27,7 @@ from jit_diffusion.evaluate import (
     inception_scores,
     sample_labels,
 )
+from jit_diffusion.loading import open_source
 from jit_diffusion.model import JiT, JiTConfig
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +302,7 @@ def test_resume_with_other_settings_is_refused(tiny_run, tmp_path, capsys):
 
 
 def test_rank_sharding_matches_one_process(tiny_run, tmp_path):
-    model, info = evaluate.WeightSets(tiny_run, torch.device("cpu")).load("ema1")
+    model, info = open_source(tiny_run).load("ema1")
     labels = sample_labels(10, info.num_classes)
     kw = dict(chunk_size=3, image_size=8, steps=2, seed=3)
     assert generate_chunks(model, tmp_path / "one", labels, **kw) == 4
@@ -316,8 +317,8 @@ def test_rank_sharding_matches_one_process(tiny_run, tmp_path):
 def test_sweep_writes_table_csv_plot_and_metrics(tiny_run, tiny_classifier, tmp_path, monkeypatch):
     out = tmp_path / "sweep"
     loads = []
-    real_read = evaluate.read_checkpoint
-    monkeypatch.setattr(evaluate, "read_checkpoint", lambda *a, **k: loads.append(1) or real_read(*a, **k))
+    real_read = loading.read_checkpoint
+    monkeypatch.setattr(loading, "read_checkpoint", lambda *a, **k: loads.append(1) or real_read(*a, **k))
     code = _eval(tiny_run, out, "--num", "8", "--chunk-size", "8", "--ema", "ema1,ema2", "--cfg", "1.0,2.5",
                  "--metrics", "fd-emoji,acc", "--classifier", str(tiny_classifier), "--adm-npz")  # fmt: skip
     assert code == 0

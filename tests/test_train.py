@@ -14,7 +14,8 @@ import torch
 from conftest import make_image_folder
 
 from jit_diffusion import cli
-from jit_diffusion.checkpoint import latest_checkpoint, list_checkpoints, load_model, read_checkpoint
+from jit_diffusion.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
+from jit_diffusion.loading import load_model
 
 # a tiny run: JiT-Ti/4 at 16 px (16 tokens) on 32 images, batch 8
 TINY = ["--model", "JiT-Ti/4", "--img-size", "16", "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "2",

@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import atomic_write_bytes, save_json
-from .evaluate import feature_stats, frechet_distance
+from .device import resolve_device
+from .fileio import atomic_write_bytes, save_json
+from .frechet import feature_stats, frechet_distance
 
 CLASSIFIER_VERSION = 1
 ACCURACY_KEY = "class_accuracy"
@@ -489,8 +490,6 @@ def _print_config(config: ClassifierConfig, folder: Path) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from .generate import resolve_device
-
     model, config, folder = get_classifier(
         args.data, args.img_size, folder=args.out, retrain=args.force, device=resolve_device(args.device),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, threads=args.threads,
@@ -514,8 +513,6 @@ def _load_npz_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _cmd_score(args: argparse.Namespace) -> None:
-    from .generate import resolve_device
-
     if bool(args.npz) == bool(args.split):
         raise ValueError("give exactly one of --npz SAMPLES.npz or --split SPLIT (real images of --data)")
     if args.npz:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -39,7 +40,8 @@ def one_line(err: BaseException) -> str:
 def _presets(args: argparse.Namespace) -> None:
     import torch
 
-    from .model import PRESETS, create_model
+    from .config import PRESETS
+    from .model import create_model
 
     print(f"{'preset':<10} {'image':>5} {'depth':>5} {'width':>5} {'heads':>5} {'bneck':>5} {'ctx':>7} {'params':>9}")
     for name, p in PRESETS.items():
@@ -50,6 +52,21 @@ def _presets(args: argparse.Namespace) -> None:
             f"{name:<10} {p['input_size']:>5} {p['depth']:>5} {p['hidden_size']:>5} {p['num_heads']:>5} "
             f"{p['bottleneck_dim']:>5} {ctx:>7} {n / 1e6:>8.2f}M"
         )
+
+
+class _StderrLines(logging.Handler):
+    """Log records as plain lines on the current ``sys.stderr`` (looked up at each line)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def show_info_lines() -> None:
+    """Let the package's INFO lines (e.g. the layout of a diffusers model being opened) reach stderr."""
+    logger = logging.getLogger("jit_diffusion")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    show_info_lines()
     try:
         result = args.func(args)
     except (UserError, ValueError, FileNotFoundError) as err:

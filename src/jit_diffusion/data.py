@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -24,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import DataLoader, Dataset
+
+from .fileio import atomic_folder
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 CACHE_FORMAT = "jit-diffusion-uint8-cache"
@@ -192,11 +193,7 @@ def build_cache(
     n, size = len(dataset), dataset.image_size
     if n == 0:
         raise ValueError("cannot cache an empty dataset")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_folder(path, overwrite=True) as tmp:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
         labels = np.empty(n, dtype=np.int64)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -221,15 +218,6 @@ def build_cache(
             "source": str(getattr(dataset, "source", type(dataset).__name__)),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-        if path.exists():  # overwrite: move the old cache aside first, so the swap is one rename
-            old = path.with_name(f".{path.name}.{os.getpid()}.old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .device import resolve_device
+
 
 @dataclass
 class DistInfo:
@@ -33,8 +35,6 @@ def init_distributed(device: str = "auto") -> DistInfo:
     Works for one node or many (torchrun's rendezvous provides MASTER_ADDR/PORT). Without those
     variables this is a single process on ``device`` (``auto``: cuda if available, else cpu).
     """
-    from .generate import resolve_device
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -27,6 +27,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .fileio import atomic_write_path
+
 DEFAULT_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 DEFAULT_EMOJI_TEST = "/usr/share/unicode/emoji/emoji-test.txt"
 FONT_ENV = "JIT_EMOJI_FONT"
@@ -281,19 +283,18 @@ def _fingerprint(font: Path, emoji_test: Path, skin_tones: bool) -> str:
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray], compress: bool) -> None:
-    """Write an .npz without pickles atomically (a temporary file in the same folder, then os.replace);
-    ``compress`` deflates at the fast level 1, otherwise the arrays are stored as they are (fastest load)."""
+    """Write an .npz without pickles atomically (:func:`fileio.atomic_write_path`); ``compress``
+    deflates at the fast level 1, otherwise the arrays are stored as they are (fastest load)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+
+    def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", compression=mode, compresslevel=1 if compress else None) as archive:
             for key, value in arrays.items():
                 with archive.open(f"{key}.npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write_path(path, write)
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import time
-import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,20 +29,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import (
-    atomic_write_bytes,
-    load_model,
-    model_from_config,
-    read_checkpoint,
-    resolve_checkpoint,
-    save_json,
-    training_weights,
-)
-from .generate import add_sampling_args, generate, resolve_device
+from .device import resolve_device
+from .fileio import atomic_write_bytes, save_json
+from .frechet import StatsAccumulator, feature_stats, frechet_distance
+from .generate import add_sampling_args, generate
+from .loading import open_source
 from .sampling import METHODS, network_evaluations, resolve_grid, sampling_times
 
 INCEPTION_METRICS = ("fid", "is", "pr")
@@ -52,77 +45,6 @@ CLASSIFIER_METRICS = ("fd-emoji", "acc")
 INCEPTION_WEIGHTS_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 )
-
-
-# --------------------------------------------------------------------------------------------
-# Fréchet distance
-# --------------------------------------------------------------------------------------------
-
-
-def feature_stats(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Mean (D,) and covariance (D, D) of features (N, D), in float64 (covariance with N - 1)."""
-    x = features.detach().cpu().numpy() if torch.is_tensor(features) else np.asarray(features)
-    x = x.astype(np.float64, copy=False)
-    if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"feature statistics need at least 2 feature vectors (N, D), got shape {x.shape}")
-    return x.mean(axis=0), np.cov(x, rowvar=False)
-
-
-def frechet_distance(
-    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
-) -> float:
-    """Fréchet distance of two Gaussians: |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), in float64.
-
-    When the product S1 S2 is singular and its square root not finite, ``eps`` is added to both
-    diagonals; small imaginary parts of the square root (numerical noise) are dropped.
-    """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (len(mu1), len(mu1)):
-        raise ValueError(
-            f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}"
-        )
-    diff = mu1 - mu2
-    with warnings.catch_warnings():  # singular products are expected when N < D; handled below
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-        if not np.isfinite(covmean).all():
-            offset = np.eye(len(mu1)) * eps
-            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        imaginary = np.abs(np.diagonal(covmean).imag).max()
-        if imaginary > 1e-3 * max(1.0, np.abs(np.diagonal(covmean).real).max()):
-            raise ValueError(f"the matrix square root has a large imaginary component ({imaginary:.3g})")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
-
-
-class StatsAccumulator:
-    """Streaming mean and covariance of feature batches (float64, shifted by the first batch's mean)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.shift: np.ndarray | None = None
-        self.sum: np.ndarray | None = None
-        self.outer: np.ndarray | None = None
-
-    def update(self, features: np.ndarray) -> None:
-        x = np.asarray(features, dtype=np.float64)
-        if self.shift is None:
-            self.shift = x.mean(axis=0)
-            self.sum = np.zeros_like(self.shift)
-            self.outer = np.zeros((len(self.shift), len(self.shift)))
-        x = x - self.shift
-        self.count += len(x)
-        self.sum += x.sum(axis=0)
-        self.outer += x.T @ x
-
-    def stats(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.count < 2:
-            raise ValueError(f"feature statistics need at least 2 images, got {self.count}")
-        mean = self.sum / self.count
-        sigma = (self.outer - self.count * np.outer(mean, mean)) / (self.count - 1)
-        return self.shift + mean, sigma
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,53 +295,6 @@ def write_adm_npz(path: str | Path, chunks: Iterator[tuple[np.ndarray, np.ndarra
 
 
 # --------------------------------------------------------------------------------------------
-# Models: one checkpoint read, weights swapped per EMA
-# --------------------------------------------------------------------------------------------
-
-
-class WeightSets:
-    """A model whose weights are swapped per EMA name; a training checkpoint is read from disk once.
-
-    Exported folders and official checkpoints go through :func:`checkpoint.load_model` instead."""
-
-    def __init__(self, path: str | Path, device: torch.device):
-        self.path, self.device = Path(path), device
-        self.ckpt = None
-        self.source = str(path)
-        exported = self.path.is_dir() and (self.path / "model.safetensors").is_file()
-        if not exported and self.path.suffix != ".pth":
-            ckpt_path = resolve_checkpoint(self.path)
-            self.ckpt = read_checkpoint(ckpt_path)
-            if "model_config" not in self.ckpt or "model" not in self.ckpt:
-                raise ValueError(f"{ckpt_path} is not a jit-diffusion training checkpoint (no model_config/model)")
-            self.source = str(ckpt_path)
-            self.model = model_from_config(self.ckpt["model_config"]).to(device).eval()
-
-    @property
-    def data(self) -> str | None:
-        """The dataset spec the model was trained on, when the checkpoint records it."""
-        return self.ckpt.get("config", {}).get("data") if self.ckpt else None
-
-    def check(self, names: Sequence[str]) -> None:
-        """Fail now, not after hours of sampling, when a requested weight set is missing."""
-        if self.ckpt is None:
-            return
-        have = ["raw", *self.ckpt.get("ema", {})]
-        missing = [n for n in names if n not in have and n != "model"]
-        if missing:
-            raise ValueError(f"checkpoint {self.source} has no weights {missing}; choose from {have}")
-
-    def load(self, weights: str):
-        """(model, ModelInfo) with ``weights`` (ema1, ema2, raw) in place."""
-        if self.ckpt is None:
-            return load_model(self.path, weights=weights, device=self.device)
-        from .checkpoint import _info_from_training
-
-        self.model.load_state_dict(training_weights(self.ckpt, weights), strict=True)
-        return self.model, _info_from_training(self.ckpt, self.source, weights)
-
-
-# --------------------------------------------------------------------------------------------
 # Sweep summary
 # --------------------------------------------------------------------------------------------
 
@@ -586,7 +461,6 @@ def _check_resume(meta_path: Path, meta: dict, write: bool) -> None:
 def run_eval(args: argparse.Namespace) -> None:
     metrics = parse_metrics(args.metrics)
     cfgs = parse_floats(args.cfg, "--cfg") if args.cfg else None
-    emas = [e.strip() for e in args.ema.split(",") if e.strip()]
     for method in args.method:
         if method not in METHODS:
             raise ValueError(f"--method: unknown solver {method!r}; choose from {', '.join(METHODS)}")
@@ -611,9 +485,10 @@ def run_eval(args: argparse.Namespace) -> None:
 
     dist_info = _distributed(args.device)
     device = dist_info.device
-    models = WeightSets(args.model_path, device)
+    models = open_source(args.model_path)
+    emas = [e.strip() for e in (args.ema or "").split(",") if e.strip()] or [models.default_weights]
     models.check(emas)
-    model, info = models.load(emas[0])
+    model, info = models.load(emas[0], device)
     data = args.data or models.data
     if inception and not (args.ref_stats or args.ref_dir or data):
         raise ValueError("FID needs a reference: pass --ref-stats STATS.npz or --ref-dir FOLDER")
@@ -649,10 +524,10 @@ def run_eval(args: argparse.Namespace) -> None:
     gen_seconds: dict[str, float] = {}
     gen_chunks: dict[str, int] = {}
     for ema in emas:
-        model, info = models.load(ema)
+        model, info = models.load(ema, device)
         for setting in [s for s in settings if s.ema == ema]:
             samples_dir = out_dir / setting.name / "samples"
-            meta = _setting_meta(args, info, setting, interval, num, models.source)
+            meta = _setting_meta(args, info, setting, interval, num, str(models.file))
             _check_resume(samples_dir / "settings.json", meta, write=dist_info.is_main)
             start = time.perf_counter()
             gen_chunks[setting.name] = generate_chunks(
@@ -702,7 +577,7 @@ def run_eval(args: argparse.Namespace) -> None:
         record = {
             "setting": setting.name, "ema": setting.ema, "cfg": setting.cfg, "num": num, "metrics": result,
             "network_evaluations": network_evaluations(setting.method, times),
-            "sampling": _setting_meta(args, info, setting, interval, num, models.source),
+            "sampling": _setting_meta(args, info, setting, interval, num, str(models.file)),
             "reference": None if reference is None else reference.get("source"),
             "classifier": None if classifier is None else str(classifier.folder),
             "classifier_reference_split": None if classifier is None else classifier.reference_split,
@@ -804,7 +679,8 @@ def add_cli(sub) -> None:
     p.add_argument("--per-class", type=int, default=None, help="images per class (N = K x num_classes)")
     p.add_argument("--out", required=True, help="output folder (rerunning the same command resumes)")
     p.add_argument("--cfg", default=None, help="guidance weight(s), comma list for a sweep (default: the model's)")
-    p.add_argument("--ema", default="ema1", help="weights, comma list for a sweep: ema1 (default), ema2, raw")
+    p.add_argument("--ema", default=None,
+                   help="weights, comma list for a sweep: ema1 (default; an export folder: its own), ema2, raw")
     p.add_argument("--metrics", default="fid,is",
                    help="comma list of fid, is, pr (Inception), fd-emoji, acc (offline classifier), or none "
                         "(default fid,is)")  # fmt: skip

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .model import JiTConfig
+from .config import JiTConfig
 
 # dense bf16 peak (TFLOP/s, no sparsity) of accelerators we report MFU on
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}

@@ -4,55 +4,19 @@ and the ``jit sample`` command."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
-from .sampling import FINALS, GRIDS, METHODS, sample
+from .device import PRECISIONS, autocast_context, check_precision, resolve_device
+from .images import make_grid, save_grid, save_npz, save_png_folder, to_uint8
+from .loading import load_model
+from .sampling import FINALS, GRIDS, METHODS, image_noise, sample
 
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` -> cuda if available, else mps, else cpu; any other name or device as given."""
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
-def autocast_context(device: torch.device, precision: str = "auto"):
-    """bf16 autocast on CUDA for ``auto``/``bf16``; plain fp32 otherwise."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"--precision must be auto, bf16 or fp32, got {precision!r}")
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def image_noise(indices: Sequence[int], shape: Sequence[int], seed: int) -> torch.Tensor:
-    """Standard-normal starting noise (B, *shape): image ``i`` always gets the same draw for a seed,
-    whatever the batch, chunk or rank it lands in."""
-    out = torch.empty(len(indices), *shape)
-    gen = torch.Generator()
-    for row, index in enumerate(indices):
-        gen.manual_seed((int(seed) * 1_000_003 + int(index)) % (2**63))
-        out[row] = torch.randn(*shape, generator=gen)
-    return out
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) images in [-1, 1] -> uint8 (B, H, W, 3)."""
-    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+__all__ = ["add_sampling_args", "autocast_context", "generate", "image_noise", "make_grid", "parse_classes",
+           "parse_interval", "resolve_device", "save_grid", "save_npz", "save_png_folder", "to_uint8"]
 
 
 @torch.no_grad()
@@ -101,46 +65,24 @@ def generate(
     return np.concatenate(chunks)
 
 
-def make_grid(images: np.ndarray, nrow: int, pad: int = 2, background: int = 255) -> np.ndarray:
-    """Tile uint8 (N, H, W, 3) images into one (rows*(H+pad)+pad, ...) image, ``nrow`` per row."""
-    n, h, w, c = images.shape
-    rows = max(1, math.ceil(n / nrow))
-    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), background, dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, col = divmod(i, nrow)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = img
-    return grid
-
-
-def save_grid(images: np.ndarray, path: str | Path, nrow: int, upscale: int = 1) -> Path:
-    """Write a PNG grid (optionally upscaled with nearest-neighbour for small images)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(make_grid(images, nrow))
-    if upscale > 1:
-        img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
-    img.save(path)
-    return path
-
-
-def save_png_folder(images: np.ndarray, labels: Sequence[int], folder: str | Path, start_index: int = 0) -> None:
-    """One PNG per image, named ``{index:06d}_c{label}.png``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for k, (img, y) in enumerate(zip(images, labels)):
-        Image.fromarray(img).save(folder / f"{start_index + k:06d}_c{int(y)}.png")
-
-
-def save_npz(images: np.ndarray, labels: Sequence[int], path: str | Path) -> Path:
-    """``.npz`` with ``arr_0`` uint8 (N, H, W, 3) (the ADM evaluation layout) and ``labels`` (N,)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, arr_0=images, labels=np.asarray(labels, dtype=np.int64))
-    return path
+def _class_by_name(item: str, class_names: Sequence[str], num_classes: int) -> int:
+    """The class named ``item``, else the one whose name lists it among its comma-separated synonyms
+    (ImageNet style: "tabby, tabby cat"), ignoring case; an error when none or several classes do."""
+    wanted = item.casefold()
+    hits = [i for i, name in enumerate(class_names) if name == item] or [
+        i for i, name in enumerate(class_names) if wanted in {s.strip().casefold() for s in name.split(",")}]
+    if len(hits) > 1:
+        raise ValueError(f"--classes: {item!r} names classes {hits}; give the index instead")
+    if not hits:
+        shown = ", ".join(repr(n) for n in list(class_names)[:8]) + (", ..." if len(class_names) > 8 else "")
+        raise ValueError(f"--classes: unknown class {item!r}; use indices 0..{num_classes - 1} or names ({shown})")
+    return hits[0]
 
 
 def parse_classes(spec: str | None, class_names: Sequence[str], num_classes: int) -> list[int]:
-    """``None``/``all`` -> every class; otherwise a comma list of indices or class names."""
+    """``None``/``all`` -> every class; otherwise a comma list of indices, class names, or one of the
+    comma-separated synonyms of a class name (``golden retriever`` for "golden retriever", ``tabby`` for
+    "tabby, tabby cat")."""
     if num_classes == 0:
         return [0]
     if spec in (None, "", "all"):
@@ -150,12 +92,8 @@ def parse_classes(spec: str | None, class_names: Sequence[str], num_classes: int
         item = item.strip()
         if item.lstrip("-").isdigit():
             k = int(item)
-        elif item in class_names:
-            k = list(class_names).index(item)
         else:
-            raise ValueError(
-                f"--classes: unknown class {item!r}; use indices 0..{num_classes - 1} or names {list(class_names)}"
-            )
+            k = _class_by_name(item, class_names, num_classes)
         if not 0 <= k < num_classes:
             raise ValueError(f"--classes: class index {k} is out of range 0..{num_classes - 1}")
         out.append(k)
@@ -206,13 +144,12 @@ def add_sampling_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed; image i always gets the same noise")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto = bf16 autocast on CUDA, fp32 elsewhere (the ODE state is always fp32)")
 
 
 def run_sample(args: argparse.Namespace) -> None:
-    from .checkpoint import load_model
-
+    check_precision(args.precision)
     device = resolve_device(args.device)
     model, info = load_model(args.model_path, weights=args.ema, device=device)
     classes = parse_classes(args.classes, info.class_names, info.num_classes)
@@ -243,7 +180,8 @@ def add_cli(sub) -> None:
     p = sub.add_parser("sample", help="generate images from a run folder, checkpoint or exported model",
                        description="Generate images: a PNG grid (a row per class), a folder of PNGs and/or an .npz.")
     p.add_argument("model_path", help="run folder, checkpoint .pt, exported folder, or official checkpoint .pth")
-    p.add_argument("--ema", default="ema1", help="weights to use: ema1 (default), ema2 or raw")
+    p.add_argument("--ema", default=None,
+                   help="weights to use: ema1 (default; an export folder: its own), ema2 or raw")
     p.add_argument("--classes", default=None, help="comma list of class indices or names (default: all)")
     p.add_argument("--per-class", type=int, default=8, help="images per class (default 8)")
     p.add_argument("--cfg", type=float, default=None, help="guidance weight (default: the model's)")

@@ -1,4 +1,4 @@
-"""The JiT network ("Just image Transformers") and its preset registry.
+"""The JiT network ("Just image Transformers") and ``create_model`` for the presets of :mod:`.config`.
 
 A plain ViT on raw pixel patches that maps a noisy image z, a time t in [0, 1] and a class label y
 to a prediction of the clean image. Parameter names and shapes equal the official checkpoints
@@ -8,14 +8,12 @@ to a prediction of the clean image. Parameter names and shapes equal the officia
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .config import PRESETS, JiTConfig, preset_config
 from .layers import (
     Attention,
     LabelEmbedder,
@@ -27,38 +25,9 @@ from .layers import (
     rope_tables_2d,
     sincos_pos_embed_2d,
 )
+from .pretrained import HubMixin
 
-
-@dataclass
-class JiTConfig:
-    """Constructor arguments of :class:`JiT`, with the public names."""
-
-    input_size: int = 256
-    patch_size: int = 16
-    in_channels: int = 3
-    hidden_size: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    attn_drop: float = 0.0
-    proj_drop: float = 0.0
-    num_classes: int = 1000
-    bottleneck_dim: int | None = 128
-    in_context_len: int = 32
-    in_context_start: int = 4
-
-    def validate(self) -> None:
-        """Raise ValueError with a one-line message when the shape arguments do not fit together."""
-        if self.input_size % self.patch_size:
-            raise ValueError(
-                f"image size {self.input_size} is not a multiple of the patch size {self.patch_size}"
-            )
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        if (self.hidden_size // self.num_heads) % 4:
-            raise ValueError(f"head dim {self.hidden_size // self.num_heads} must be divisible by 4 for 2-D RoPE")
-        if self.in_context_len and not 0 <= self.in_context_start < self.depth:
-            raise ValueError(f"in_context_start {self.in_context_start} must lie in [0, depth={self.depth})")
+__all__ = ["JiT", "JiTBlock", "FinalLayer", "JiTConfig", "PRESETS", "create_model", "preset_config"]
 
 
 class JiTBlock(nn.Module):
@@ -95,7 +64,7 @@ class FinalLayer(nn.Module):
 
 class JiT(
     nn.Module,
-    PyTorchModelHubMixin,
+    HubMixin,
     library_name="jit-diffusion",
     tags=["diffusion", "pixel-diffusion", "image-generation"],
     paper_url="https://arxiv.org/abs/2511.13720",
@@ -103,7 +72,7 @@ class JiT(
     """JiT denoiser network: forward(z, t, y) -> predicted clean image (B, C, H, W).
 
     ``JiT.from_pretrained(folder_or_repo)`` and ``model.save_pretrained(folder)`` read and write the
-    export format of :mod:`jit_diffusion.convert` (``config.json`` + ``model.safetensors``).
+    export format of :mod:`jit_diffusion.pretrained` (``config.json`` + ``model.safetensors``).
     """
 
     def __init__(
@@ -246,61 +215,6 @@ class JiT(
     def num_params(self) -> int:
         """Number of parameters, pos_embed included (as the official counts are)."""
         return sum(p.numel() for p in self.parameters())
-
-    # Hub-mixin hooks: both entry points go through convert.py, so they share one folder format.
-    def _save_pretrained(self, save_directory: Path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (called by ``save_pretrained``)."""
-        from .convert import write_pretrained_files
-
-        write_pretrained_files(self, save_directory, getattr(self, "pretrained_info", None))
-
-    @classmethod
-    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", dtype: torch.dtype | None = None,
-                         **hub_kwargs) -> JiT:
-        """Load an export folder or Hub repo (called by ``from_pretrained``); keeps its ModelInfo."""
-        from .convert import load_pretrained, pretrained_folder
-
-        folder = pretrained_folder(model_id, **hub_kwargs)
-        model, info = load_pretrained(folder, device=map_location, dtype=dtype, model_cls=cls)
-        model.pretrained_info = info
-        return model
-
-
-# ---------------------------------------------------------------------------------------------
-# Presets. Official ones follow the public code; Ti/S are small presets for CPU work and tests.
-# Small presets default to an 8x8 token grid (32 px at patch 4, 64 at 8, 128 at 16).
-# ---------------------------------------------------------------------------------------------
-
-_FAMILIES = {
-    # name: depth, hidden, heads, bottleneck, in-context len, in-context start
-    "Ti": dict(depth=6, hidden_size=192, num_heads=3, bottleneck_dim=64, in_context_len=8, in_context_start=2),
-    "S": dict(depth=12, hidden_size=384, num_heads=6, bottleneck_dim=128, in_context_len=16, in_context_start=4),
-    "B": dict(depth=12, hidden_size=768, num_heads=12, bottleneck_dim=128, in_context_len=32, in_context_start=4),
-    "L": dict(depth=24, hidden_size=1024, num_heads=16, bottleneck_dim=128, in_context_len=32, in_context_start=8),
-    "H": dict(depth=32, hidden_size=1280, num_heads=16, bottleneck_dim=256, in_context_len=32, in_context_start=10),
-    "G": dict(depth=40, hidden_size=1664, num_heads=16, bottleneck_dim=256, in_context_len=32, in_context_start=10),
-}
-_PATCHES = {"Ti": (4, 8, 16), "S": (4, 8, 16), "B": (16, 32), "L": (16, 32), "H": (16, 32), "G": (16, 32)}
-_DEFAULT_SIZE = {4: 32, 8: 64, 16: 256, 32: 512}
-
-PRESETS: dict[str, dict] = {}
-for _family, _arch in _FAMILIES.items():
-    for _patch in _PATCHES[_family]:
-        _size = 128 if _family in ("Ti", "S") and _patch == 16 else _DEFAULT_SIZE[_patch]
-        PRESETS[f"JiT-{_family}/{_patch}"] = dict(_arch, patch_size=_patch, input_size=_size)
-
-
-def preset_config(name: str, **overrides) -> JiTConfig:
-    """The :class:`JiTConfig` of a preset with ``overrides`` applied (e.g. input_size, num_classes)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(JiTConfig)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise ValueError(f"unknown model argument(s) {sorted(unknown)}; known: {sorted(fields)}")
-    cfg = JiTConfig(**{**PRESETS[name], **overrides})
-    cfg.validate()
-    return cfg
 
 
 def create_model(name: str, **overrides) -> JiT:

@@ -221,3 +221,14 @@ def sample(
         velocity_hook(velocity)
     return solve(velocity, z, times, rule(times, cfg, cfg_interval), method=method, t_eps=t_eps, final=final,
                  progress=progress)  # fmt: skip
+
+
+def image_noise(indices: Sequence[int], shape: Sequence[int], seed: int) -> torch.Tensor:
+    """Standard-normal starting noise (B, *shape): image ``i`` always gets the same draw for a seed,
+    whatever the batch, chunk or rank it lands in."""
+    out = torch.empty(len(indices), *shape)
+    gen = torch.Generator()
+    for row, index in enumerate(indices):
+        gen.manual_seed((int(seed) * 1_000_003 + int(index)) % (2**63))
+        out[row] = torch.randn(*shape, generator=gen)
+    return out

@@ -22,13 +22,9 @@ import torch
 from torch import nn
 
 from . import rng
-from .checkpoint import (
-    latest_checkpoint,
-    list_checkpoints,
-    read_checkpoint,
-    save_checkpoint,
-    save_json,
-)
+from .checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint, save_checkpoint
+from .config import JiTConfig, preset_config
+from .device import autocast_context, check_precision, use_bf16
 from .distributed import (
     DistInfo,
     all_gather_objects,
@@ -40,9 +36,12 @@ from .distributed import (
 )
 from .ema import EMA
 from .errors import UserError
+from .fileio import save_json
 from .flow import SPACES, FlowMatching
-from .model import JiT, JiTConfig, preset_config
+from .images import make_grid, save_grid, to_uint8
+from .model import JiT
 from .parallel import apply_fsdp, full_state_dict, full_tensor, load_optimizer_state, optimizer_state
+from .sampling import image_noise, sample
 
 
 @dataclass
@@ -278,7 +277,7 @@ class Trainer:
         self._micro = cfg.batch_size // (world * accum)  # images per micro-batch on this rank
         self._local_offset = self.dist.rank * (cfg.batch_size // world)  # this rank's first global position
         self._arange = torch.arange(self._micro, device=self.device)
-        self.use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        self.use_bf16 = use_bf16(self.device, cfg.precision)
         self.step = 0
         ckpt = self._read_resume() if self.resume_from is not None else None
         if ckpt is not None:
@@ -311,6 +310,10 @@ class Trainer:
         cfg, world = self.cfg, self.dist.world_size
         if cfg.prediction not in SPACES or cfg.loss not in SPACES:
             raise UserError(f"--prediction/--loss must be in {SPACES}")
+        try:
+            check_precision(cfg.precision)
+        except ValueError as err:
+            raise UserError(str(err)) from None
         if cfg.schedule not in ("constant", "cosine"):
             raise UserError(f"--schedule must be constant or cosine, got {cfg.schedule!r}")
         if cfg.steps is None and cfg.epochs is None:
@@ -400,9 +403,6 @@ class Trainer:
 
     def sample_grid(self) -> Path | None:
         """Rank 0 writes ``samples/step_XXXXXXXX.png`` from EMA1 with fixed noise (a row per class)."""
-        from .generate import autocast_context, image_noise, make_grid, save_grid, to_uint8
-        from .sampling import sample
-
         cfg = self.cfg
         ema_name = self.ema.names[0] if self.ema.names else "raw"
         context = self._ema_model(ema_name)
@@ -653,7 +653,3 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m jit_diffusion.train (torchrun-friendly)
-    from .cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))

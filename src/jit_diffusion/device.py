@@ -1,0 +1,45 @@
+"""Where tensors live and in which precision the network runs: one rule for every command."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` -> cuda if available, else mps, else cpu; any other name or device as given."""
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device: unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from err
+
+
+def check_precision(precision: str) -> str:
+    """Validate a ``--precision`` value (auto, bf16 or fp32); returns it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def use_bf16(device: torch.device, precision: str = "auto") -> bool:
+    """The precision rule: bf16 autocast for ``bf16``, and for ``auto`` on CUDA; fp32 otherwise."""
+    check_precision(precision)
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def autocast_context(device: torch.device, precision: str = "auto"):
+    """bf16 autocast where :func:`use_bf16` says so, else a no-op context."""
+    if use_bf16(device, precision):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

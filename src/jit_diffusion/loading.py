@@ -1,0 +1,146 @@
+"""One way to open a model: a run folder, its ``checkpoints/latest``, a step ``.pt``, an export folder,
+an official ``.pth`` or a diffusers-style folder or file (layouts A, B0, B; :mod:`.diffusers_folder`) all
+become a :class:`Source`, and ``source.load(weights)`` gives the network and its :class:`ModelInfo`.
+``jit sample``, ``jit eval``, ``jit convert`` and the Python API use it. Opening a diffusers source logs
+one line (logger ``jit_diffusion.loading``, shown by the ``jit`` command) naming the detected layout.
+
+A source reads its file once: loading another weight set (``ema1``, ``ema2``, ``raw``) of the same
+training checkpoint swaps the weights into the model already built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import (
+    info_from_training,
+    is_training_checkpoint,
+    read_checkpoint,
+    resolve_checkpoint,
+    training_weights,
+)
+from .config import JiTConfig, ModelInfo
+from .device import resolve_device
+from .diffusers_folder import DiffusersFolder, open_diffusers
+from .model import JiT
+from .official import is_official, official_model, official_weight_names
+from .pretrained import (
+    WEIGHTS_NAME,
+    build_model,
+    is_export_folder,
+    load_pretrained,
+    read_pretrained_config,
+    register_local_opener,
+)
+
+DEFAULT_WEIGHTS = "ema1"
+SINGLE_WEIGHT_KINDS = ("export", "diffusers")  # sources that hold one weight set
+log = logging.getLogger(__name__)
+
+
+class Source:
+    """A model source opened once. ``kind`` is ``export``, ``diffusers``, ``training`` or ``official``.
+
+    ``weight_names`` lists the weight sets it holds; ``default_weights`` is the one used when none is
+    asked for (``ema1``, or an export's own); ``data`` is the dataset a training checkpoint records.
+    """
+
+    def __init__(self, path: str | Path, *, in_context_start: int | None = None):
+        self.path = Path(path).expanduser()
+        self.in_context_start = in_context_start
+        self._ckpt: dict[str, Any] | None = None
+        self._model: JiT | None = None
+        self.diffusers: DiffusersFolder | None = None
+        if self.path.name == WEIGHTS_NAME and is_export_folder(self.path.parent):  # the export's weights file
+            self.path = self.path.parent
+        if is_export_folder(self.path):
+            self.kind, self.file = "export", self.path
+            self.export_config = read_pretrained_config(self.path)
+            self.weight_names = [str(self.export_config.get("weights") or DEFAULT_WEIGHTS)]
+            return
+        self.diffusers = open_diffusers(self.path)
+        if self.diffusers is not None:
+            self.kind, self.file = "diffusers", self.path
+            self.weight_names = [self.diffusers.weights]
+            log.info(self.diffusers.describe())
+            return
+        self.file = resolve_checkpoint(self.path)
+        self._ckpt = read_checkpoint(self.file)
+        if is_official(self._ckpt):
+            self.kind, self.weight_names = "official", official_weight_names(self._ckpt)
+        elif is_training_checkpoint(self._ckpt):
+            self.kind = "training"
+            self.weight_names = ["raw", *self._ckpt.get("ema", {})]
+        else:
+            found = sorted(str(k) for k in self._ckpt)[:8]
+            raise ValueError(f"{self.file} is neither an official JiT checkpoint nor a jit-diffusion training "
+                             f"checkpoint nor an export folder (keys {found})")  # fmt: skip
+
+    @property
+    def default_weights(self) -> str:
+        return self.weight_names[0] if self.kind in SINGLE_WEIGHT_KINDS else DEFAULT_WEIGHTS
+
+    def describe(self) -> str:
+        """What the source is, in a few words (for diffusers sources: the layout, files and dtype)."""
+        if self.diffusers is not None:
+            return self.diffusers.summary()
+        return {"export": "export folder", "official": "official checkpoint"}.get(self.kind, "training checkpoint")
+
+    @property
+    def data(self) -> str | None:
+        """The dataset spec the model was trained on, when a training checkpoint records it."""
+        return self._ckpt.get("config", {}).get("data") if self.kind == "training" else None
+
+    def check(self, names: list[str]) -> None:
+        """Fail now, not after hours of sampling, when a requested weight set is missing."""
+        missing = [n for n in names if n not in self.weight_names and not (n == "model" and "raw" in self.weight_names)]
+        if missing:
+            single = self.kind in SINGLE_WEIGHT_KINDS
+            detail = f"holds only its {self.weight_names[0]} weights" if single else f"has no weights {missing}"
+            raise ValueError(f"{self.path} {detail}; choose from {self.weight_names}"
+                             + ("; convert the original checkpoint instead" if single else ""))
+
+    def load(self, weights: str | None = None, device: str | torch.device = "cpu") -> tuple[JiT, ModelInfo]:
+        """The network (eval mode, on ``device``; ``auto`` picks CUDA when available) with ``weights``."""
+        weights = weights or self.default_weights
+        self.check([weights])
+        device = resolve_device(device)
+        if self.kind == "export":
+            return load_pretrained(self.path, JiT, device=device)
+        if self.diffusers is not None:
+            return self.diffusers.load(device)
+        if self.kind == "official":
+            return official_model(self._ckpt, self.file, weights, device, self.in_context_start)
+        state = training_weights(self._ckpt, weights)
+        if self._model is None or next(self._model.parameters()).device != device:
+            config = JiTConfig.from_dict(self._ckpt["model_config"], source=str(self.file))
+            self._model = build_model(JiT, config, state, device, self.file)
+        else:
+            self._model.load_state_dict(state, strict=True)
+        info = info_from_training(self._ckpt, str(self.file), weights)
+        return self._model, dataclasses.replace(info, model_config=dataclasses.asdict(self._model.config))
+
+
+def open_source(path: str | Path, *, in_context_start: int | None = None) -> Source:
+    """Open a run folder, ``checkpoints/latest``, a training ``.pt``, an export folder, an official ``.pth``,
+    or a diffusers pipeline folder, its ``transformer/`` folder, a ``diffusion_pytorch_model.safetensors``
+    (beside its ``config.json``) or a sharded ``.safetensors.index.json``."""
+    return Source(path, in_context_start=in_context_start)
+
+
+def load_model(
+    path: str | Path, weights: str | None = None, device: str | torch.device = "cpu"
+) -> tuple[JiT, ModelInfo]:
+    """Open any model source for inference: ``weights`` picks ``ema1`` (default), ``ema2`` or ``raw``.
+
+    Returns the model in eval mode on ``device`` (``auto``: CUDA when available) and a :class:`ModelInfo`.
+    """
+    return open_source(path).load(weights, device)
+
+
+register_local_opener(load_model)  # JiT.from_pretrained opens local sources through this module
