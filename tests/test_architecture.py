@@ -16,7 +16,7 @@ ORDER = [
     # basic
     "errors", "fileio", "device", "rng", "config", "images", "distributed", "parallel", "flops",
     # model
-    "layers", "flow", "frechet", "pretrained", "model", "ema", "sampling",
+    "layers", "flow", "frechet", "pretrained", "model", "ema", "solvers", "sampling",
     # data / io
     "emoji", "image_folder", "data_cache", "data", "checkpoint", "official", "diffusers", "diffusers_folder",
     "loading",

@@ -1,7 +1,17 @@
 import pytest
 import torch
 
-from jit_diffusion.sampling import GuidedVelocity, guidance_weights, sample, solve, time_grid
+from jit_diffusion.sampling import (
+    GuidedVelocity,
+    guidance_weights,
+    interval_weights,
+    network_evaluations,
+    resolve_grid,
+    sample,
+    sampling_times,
+    solve,
+    time_grid,
+)
 
 
 def test_golden_sample(golden):
@@ -123,3 +133,84 @@ def test_bf16_heun50_cfg_sample_close_to_fp32(golden):
 def test_bad_method():
     with pytest.raises(ValueError, match="sampling method"):
         solve(lambda z, t, w: z, torch.zeros(1), time_grid(2), [1.0] * 3, method="rk4")
+
+
+@pytest.mark.parametrize("kind", ["uniform", "shifted", "logsnr"])
+@pytest.mark.parametrize("steps", [1, 2, 7, 10, 25])
+def test_time_grids_are_increasing_from_0_to_1(kind, steps):
+    times = time_grid(steps, kind)
+    assert times.dtype == torch.float32 and len(times) == steps + 1
+    assert times[0] == 0 and times[-1] == 1 and bool((times[1:] > times[:-1]).all())
+
+
+def test_uniform_grid_is_the_public_one_and_shift_moves_nodes_to_the_noisy_end():
+    assert torch.equal(time_grid(50), torch.linspace(0, 1, 51))
+    assert torch.allclose(time_grid(50, "shifted", shift=1.0), time_grid(50), atol=1e-7)
+    u = torch.linspace(0, 1, 11, dtype=torch.float64)
+    assert torch.allclose(time_grid(10, "shifted", shift=3.0).double(), u / (u + 3 * (1 - u)), atol=1e-7)
+
+
+def test_cfg_interval_edges_become_nodes():
+    times = time_grid(10, "shifted", shift=2.0, edges=(0.1, 1.0))
+    assert len(times) == 11 and (times == torch.tensor(0.1)).any()
+    times = time_grid(25, "uniform", edges=(0.1, 0.6))  # 0.1 and 0.6 fall between nodes of 1/25
+    assert len(times) == 26 and (times == torch.tensor(0.1)).any() and (times == torch.tensor(0.6)).any()
+    times = time_grid(1, "uniform", edges=(0.1,))  # no free node: one is added
+    assert times.tolist() == pytest.approx([0.0, 0.1, 1.0])
+    # the new solvers get the edges, Heun keeps the public grid
+    assert (sampling_times("dpm++2m", 12, cfg=2.0, cfg_interval=(0.1, 1.0)) == torch.tensor(0.1)).any()
+    assert torch.equal(sampling_times("heun", 25, cfg=2.0), torch.linspace(0, 1, 26))
+
+
+def test_interval_weights_cover_open_intervals():
+    times = torch.tensor([0.0, 0.1, 0.3, 0.7, 1.0])
+    assert interval_weights(times, 3.0, (0.1, 1.0)) == [1.0, 3.0, 3.0, 3.0, 3.0]
+    assert interval_weights(times, 3.0, (0.1, 0.7)) == [1.0, 3.0, 3.0, 1.0, 1.0]
+    assert guidance_weights(times, 3.0, (0.1, 1.0)) == [1.0, 1.0, 3.0, 3.0, 1.0]  # the public node rule
+
+
+def test_grid_options_and_errors():
+    assert resolve_grid("heun") == ("uniform", 2.0)
+    assert resolve_grid("dpm++2m", shift=3.0) == ("shifted", 3.0)
+    with pytest.raises(ValueError, match="--shift applies to the shifted"):
+        resolve_grid("heun", "uniform", 2.0)
+    with pytest.raises(ValueError, match="time grid"):
+        time_grid(5, "cosine")
+    with pytest.raises(ValueError, match="--shift must be > 0"):
+        time_grid(5, "shifted", shift=0.0)
+    with pytest.raises(ValueError, match="--final"):
+        solve(lambda z, t, w: z, torch.zeros(1), time_grid(2), [1.0] * 3, final="last")
+
+
+@pytest.mark.parametrize("method", ["dpm++2m", "dpm++3m", "unipc"])
+def test_new_solvers_spend_one_evaluation_per_step(golden, method):
+    counter = RowCounter(golden.model())
+    seen = {}
+    steps = 10
+    out = sample(counter, torch.randn(2, 3, 32, 32), torch.tensor([1, 2]), method=method, steps=steps, cfg=2.5,
+                 velocity_hook=lambda v: seen.setdefault("v", v))  # fmt: skip
+    assert out.dtype == torch.float32
+    times = sampling_times(method, steps, cfg=2.5)
+    assert seen["v"].calls == steps == network_evaluations(method, times)
+    guided_steps = sum(1 for a, b in zip(times[:-1], times[1:]) if a >= 0.1)  # steps inside (0.1, 1)
+    assert counter.rows == 2 * (steps + guided_steps)  # unconditional rows only inside the interval
+
+
+@pytest.mark.parametrize("method", ["heun", "euler", "dpm++2m", "dpm++3m", "unipc"])
+def test_final_denoise_returns_the_last_x_prediction(golden, method):
+    """With --final denoise the output is the guided x-prediction at the last node before t = 1."""
+    model = golden.model()
+    noise, labels = golden["sample.noise"][:2], golden["sample.y"][:2]
+    inputs = []
+
+    class Recorder(torch.nn.Module):
+        num_classes = model.num_classes
+
+        def forward(self, z, t, y):
+            inputs.append((z.clone(), t.clone(), y.clone()))
+            return model(z, t, y)
+
+    out = sample(Recorder(), noise, labels, method=method, steps=6, cfg=1.0, final="denoise")
+    z, t, y = inputs[-1]
+    assert t.unique().item() < 1
+    assert torch.allclose(out, model(z, t, y), atol=1e-5)

@@ -42,6 +42,7 @@ from .metrics import (
     save_stats,
 )
 from .sample_store import check_resume, generate_chunks, iter_chunks, sample_labels, write_adm_npz
+from .sampling import METHODS, network_evaluations, resolve_grid, sampling_times
 from .sweep import Setting, format_value, parse_floats, sweep_settings, write_sweep
 
 # the names tests and scripts have imported from here since before the split
@@ -146,18 +147,37 @@ def _plan(args, metrics: list[str], cfgs: list[float] | None, emas: list[str], m
     if info.num_classes == 0 and "acc" in metrics and verbose:
         print("unconditional model: class accuracy does not apply, skipping acc")
     interval = tuple(args.interval) if args.interval is not None else tuple(info.cfg_interval)
-    return EvalPlan(metrics, sweep_settings(emas, cfgs), sample_labels(num, info.num_classes), interval, data,
-                    str(models.file), Path(args.out))  # fmt: skip
+    settings = sweep_settings(emas, cfgs, args.method or [info.method], args.steps)
+    return EvalPlan(metrics, settings, sample_labels(num, info.num_classes), interval, data, str(models.file),
+                    Path(args.out))  # fmt: skip
+
+
+def _check_sampler_flags(args: argparse.Namespace) -> None:
+    """Unknown solvers, bad step counts and a --time-grid/--shift clash fail before any sampling."""
+    for method in args.method or []:
+        if method not in METHODS:
+            raise ValueError(f"--method: unknown solver {method!r}; choose from {', '.join(METHODS)}")
+        resolve_grid(method, args.time_grid, args.shift)
+    if min(args.steps) < 1:
+        raise ValueError(f"--steps must be >= 1, got {min(args.steps)}")
 
 
 def _sampling_record(args, info, setting: Setting, plan: EvalPlan) -> dict:
-    """Everything that determines a setting's images; a resumed run must match it."""
-    return {
+    """Everything that determines a setting's images; a resumed run must match it (the time grid and the
+    final step are named only when they differ from the public sampler's, so older folders still resume)."""
+    record = {
         "model": plan.source, "weights": setting.ema, "cfg": setting.cfg, "cfg_interval": list(plan.interval),
-        "steps": args.steps, "method": args.method, "seed": args.seed, "num": plan.num, "chunk_size": args.chunk_size,
-        "image_size": info.image_size, "num_classes": info.num_classes, "prediction": info.prediction,
-        "noise_scale": info.noise_scale, "t_eps": info.t_eps, "precision": args.precision,
+        "steps": setting.steps, "method": setting.method, "seed": args.seed, "num": plan.num,
+        "chunk_size": args.chunk_size, "image_size": info.image_size, "num_classes": info.num_classes,
+        "prediction": info.prediction, "noise_scale": info.noise_scale, "t_eps": info.t_eps,
+        "precision": args.precision,
     }  # fmt: skip
+    grid, shift = resolve_grid(setting.method, args.time_grid, args.shift)
+    if grid != "uniform":
+        record.update(time_grid=grid, **({"shift": shift} if grid == "shifted" else {}))
+    if args.final != "ode":
+        record["final"] = args.final
+    return record
 
 
 def _generate(args, plan: EvalPlan, models: Source, dist_info) -> dict[str, dict]:
@@ -173,9 +193,9 @@ def _generate(args, plan: EvalPlan, models: Source, dist_info) -> dict[str, dict
                 model, samples_dir, plan.labels, chunk_size=args.chunk_size, rank=dist_info.rank,
                 world_size=dist_info.world_size, progress=setting.name if dist_info.is_main else None,
                 image_size=info.image_size, seed=args.seed, cfg=setting.cfg, cfg_interval=plan.interval,
-                steps=args.steps, method=args.method, noise_scale=info.noise_scale, t_eps=info.t_eps,
-                prediction=info.prediction, batch_size=args.batch_size, device=dist_info.device,
-                precision=args.precision,
+                steps=setting.steps, method=setting.method, noise_scale=info.noise_scale, t_eps=info.t_eps,
+                prediction=info.prediction, grid=args.time_grid, shift=args.shift, final=args.final,
+                batch_size=args.batch_size, device=dist_info.device, precision=args.precision,
             )  # fmt: skip
             done[setting.name] = {"chunks": made, "seconds": round(time.perf_counter() - start, 2)}
     return done
@@ -223,8 +243,11 @@ def _score(args, plan: EvalPlan, setting: Setting, scorer: Scorer, info, run: di
                             iter_chunks(samples_dir, plan.num, args.chunk_size), plan.num)  # fmt: skip
         print(f"wrote {npz}")
     classifier = scorer.classifier
+    times = sampling_times(setting.method, setting.steps, grid=args.time_grid, shift=args.shift, cfg=setting.cfg,
+                           cfg_interval=plan.interval, t_eps=info.t_eps)  # fmt: skip
     return {
         "setting": setting.name, **setting.fields(), "num": plan.num, "metrics": result,
+        "network_evaluations": network_evaluations(setting.method, times),
         "sampling": _sampling_record(args, info, setting, plan),
         "reference": None if scorer.reference is None else scorer.reference.get("source"),
         "classifier": None if classifier is None else str(classifier.folder),
@@ -238,6 +261,7 @@ def run_eval(args: argparse.Namespace) -> None:
     """``jit eval``: generate every setting's samples (sharded over torchrun ranks), then score them on rank 0."""
     metrics = parse_metrics(args.metrics)
     cfgs = parse_floats(args.cfg, "--cfg") if args.cfg else None
+    _check_sampler_flags(args)
     weights_path = inception_weights(args.inception_weights) if needs_inception(metrics) else None
     _check_flags(args, metrics)
     dist_info = _distributed(args.device)
@@ -290,7 +314,8 @@ def add_cli(sub) -> None:
     p = sub.add_parser("eval", help="generate sample sets and compute FID/IS/PR or FD-emoji/accuracy, with sweeps",
                        description="Generate N images per (EMA, CFG) setting in resumable chunks (torchrun shards "
                                    "them over ranks) and compute metrics; writes DIR/<setting>/metrics.json and "
-                                   "DIR/sweep.{md,csv,png}.")  # fmt: skip
+                                   "DIR/sweep.{md,csv,png}. --steps 10,20 --method heun,dpm++2m sweeps the "
+                                   "sampler and plots each metric against network evaluations.")  # fmt: skip
     p.add_argument("model_path", help="run folder, checkpoint .pt, exported folder, or official checkpoint .pth")
     p.add_argument("--num", "--num-images", dest="num", type=int, default=None,
                    help="images per setting, class of image i = i %% num_classes (under torchrun spell it "
@@ -316,7 +341,7 @@ def add_cli(sub) -> None:
     p.add_argument("--chunk-size", type=int, default=500, help="images per resumable chunk (default 500)")
     p.add_argument("--metric-batch-size", type=int, default=64, help="images per Inception batch (default 64)")
     p.add_argument("--num-workers", type=int, default=0, help="data-loading workers for reference images")
-    add_sampling_args(p)
+    add_sampling_args(p, sweep=True)
     p.set_defaults(func=run_eval)
 
     s = sub.add_parser("fid-stats", help="Inception reference statistics (mu, sigma) of an image folder or emoji",

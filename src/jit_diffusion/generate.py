@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .device import PRECISIONS, autocast_context, check_precision, resolve_device
 from .images import make_grid, save_grid, save_npz, save_png_folder, to_uint8
 from .loading import load_model
-from .sampling import METHODS, image_noise, sample
+from .sampling import FINALS, GRIDS, METHODS, image_noise, sample
 
 __all__ = ["add_sampling_args", "autocast_context", "generate", "image_noise", "make_grid", "parse_classes",
            "parse_interval", "resolve_device", "save_grid", "save_npz", "save_png_folder", "to_uint8"]
@@ -34,12 +34,16 @@ def generate(
     noise_scale: float = 1.0,
     t_eps: float = 0.05,
     prediction: str = "x",
+    grid: str = "auto",
+    shift: float | None = None,
+    final: str = "ode",
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     precision: str = "auto",
     progress: bool = False,
 ) -> np.ndarray:
-    """Sample one image per label; image k uses the noise of index ``start_index + k``.
+    """Sample one image per label; image k uses the noise of index ``start_index + k``. ``grid``, ``shift``
+    and ``final`` go to :func:`sampling.sample`.
 
     Returns uint8 (N, H, W, 3).
     """
@@ -53,7 +57,8 @@ def generate(
         noise = image_noise(idx, (model.in_channels, image_size, image_size), seed).to(device)
         with autocast_context(device, precision):
             out = sample(model, noise, y, method=method, steps=steps, cfg=cfg, cfg_interval=cfg_interval,
-                         noise_scale=noise_scale, t_eps=t_eps, prediction=prediction)  # fmt: skip
+                         noise_scale=noise_scale, t_eps=t_eps, prediction=prediction, grid=grid, shift=shift,
+                         final=final)  # fmt: skip
         chunks.append(to_uint8(out))
     if not chunks:
         return np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
@@ -106,10 +111,36 @@ def parse_interval(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    """Sampler flags shared by ``jit sample`` and ``jit eval``."""
-    p.add_argument("--steps", type=int, default=50, help="ODE steps (default 50)")
-    p.add_argument("--method", choices=METHODS, default="heun", help="ODE solver (default heun)")
+def parse_list(text: str, flag: str, kind=str) -> list:
+    """``"10,20"`` -> [10, 20] (``kind`` converts each item); a one-line error naming ``flag`` otherwise."""
+    try:
+        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise ValueError(f"{flag} expects a comma-separated list, got {text!r}") from err
+    if not values:
+        raise ValueError(f"{flag} is empty")
+    return values
+
+
+def add_sampling_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
+    """Sampler flags shared by ``jit sample`` and ``jit eval`` (``sweep``: --steps and --method take lists)."""
+    if sweep:
+        p.add_argument("--steps", type=lambda v: parse_list(v, "--steps", int), default=[50],
+                       help="ODE steps, comma list for a sweep (default 50)")
+        p.add_argument("--method", type=lambda v: parse_list(v, "--method"), default=None,
+                       help=f"ODE solver(s), comma list for a sweep: {', '.join(METHODS)} (default: the model's, "
+                            "usually heun)")  # fmt: skip
+    else:
+        p.add_argument("--steps", type=int, default=50, help="ODE steps (default 50)")
+        p.add_argument("--method", choices=METHODS, default=None,
+                       help="ODE solver (default: the model's, usually heun; dpm++2m, dpm++3m, unipc spend one "
+                            "evaluation per step)")  # fmt: skip
+    p.add_argument("--time-grid", choices=("auto", *GRIDS), default="auto",
+                   help="time grid (default auto: uniform for heun/euler, the measured best for the others)")
+    p.add_argument("--shift", type=float, default=None,
+                   help="the shifted grid's s in t' = t / (t + s (1 - t)) (implies --time-grid shifted; default 2)")
+    p.add_argument("--final", choices=FINALS, default="ode",
+                   help="ode: the ODE's end state (default); denoise: the last x-prediction")
     p.add_argument("--interval", type=parse_interval, default=None,
                    help="CFG interval min,max in t (default: the model's, usually 0.1,1.0)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; image i always gets the same noise")
@@ -133,8 +164,9 @@ def run_sample(args: argparse.Namespace) -> None:
         print("unconditional model: ignoring --cfg")
         cfg = 1.0
     images = generate(model, labels, image_size=info.image_size, seed=args.seed, cfg=cfg, cfg_interval=interval,
-                      steps=args.steps, method=args.method, noise_scale=info.noise_scale, t_eps=info.t_eps,
-                      prediction=info.prediction, batch_size=args.batch_size, device=device,
+                      steps=args.steps, method=args.method or info.method, noise_scale=info.noise_scale,
+                      t_eps=info.t_eps, prediction=info.prediction, grid=args.time_grid, shift=args.shift,
+                      final=args.final, batch_size=args.batch_size, device=device,
                       precision=args.precision, progress=True)  # fmt: skip
     if args.grid:
         upscale = max(1, 64 // info.image_size)

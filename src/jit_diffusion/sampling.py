@@ -1,27 +1,109 @@
-"""ODE samplers (Euler, Heun with a final Euler step) with interval classifier-free guidance.
+"""Sampling: time grids, interval classifier-free guidance, and :func:`sample` over the solvers of
+:mod:`jit_diffusion.solvers` (heun, euler, dpm++2m, dpm++3m, unipc).
 
-The ODE dz/dt = v(z, t) runs from t = 0 (noise) to t = 1 (data) on a uniform grid. Guided rows
-and unguided rows never cost more than needed: where the guidance weight is w != 1 the
-conditional and unconditional rows go through one batched forward, and where w == 1 (outside the
-interval, or cfg = 1) the unconditional rows are not computed at all. The ODE state stays fp32
-even when the network runs under bf16 autocast.
+The ODE dz/dt = v(z, t) runs from t = 0 (noise) to t = 1 (data). Guided rows and unguided rows never
+cost more than needed: where the guidance weight is w != 1 the conditional and unconditional rows go
+through one batched forward, and where w == 1 (outside the interval, or cfg = 1) the unconditional rows
+are not computed at all. The ODE state stays fp32 even when the network runs under bf16 autocast.
+
+Heun and Euler keep the public sampler exactly: a uniform grid and the weight decided at each node.
+The other solvers weight each step by the open interval it covers and their grids get a node at each
+CFG interval edge, so that guidance switches on exactly at the edge whatever the number of steps.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from .flow import convert
+from .solvers import METHODS, SOLVERS, from_log_snr, log_snr
 
-METHODS = ("heun", "euler")
+GRIDS = ("uniform", "shifted", "logsnr")
+FINALS = ("ode", "denoise")
+DEFAULT_SHIFT = 2.0  # the shifted grid's s when --shift is not given
 
 
-def time_grid(steps: int) -> torch.Tensor:
-    """The steps+1 times linspace(0, 1) in fp32, on the CPU (decisions about guidance stay on host)."""
-    return torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float32)
+def time_grid(steps: int, kind: str = "uniform", *, shift: float = DEFAULT_SHIFT, t_eps: float = 0.05,
+              edges: Sequence[float] = ()) -> torch.Tensor:  # fmt: skip
+    """The steps+1 times from 0 to 1 in fp32, on the CPU (decisions about guidance stay on host).
+
+    ``uniform``: linspace(0, 1) (the public grid); ``shifted``: t' = t / (t + shift (1 - t)) of the uniform
+    grid (shift > 1 spends more steps at the noisy end; it moves the log-SNR by -log shift); ``logsnr``:
+    t = 0, then uniform in the log-SNR from log(1 / steps^2) to its value at t = 1 (see
+    :func:`solvers.log_snr`). Each of ``edges`` becomes a node: the nearest free node moves onto it (a
+    node is added only when both neighbours are fixed)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if kind == "uniform":
+        values = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float32).tolist()
+    elif kind == "shifted":
+        if not shift > 0:
+            raise ValueError(f"--shift must be > 0, got {shift}")
+        values = [u / (u + shift * (1 - u)) for u in (i / steps for i in range(steps + 1))]
+    elif kind == "logsnr":
+        u_first, u_last = -2 * math.log(steps), log_snr(1.0, t_eps)
+        inner = [from_log_snr(u_first + (u_last - u_first) * k / (steps - 1), t_eps) for k in range(steps - 1)]
+        values = [0.0, *inner, 1.0] if steps > 1 else [0.0, 1.0]
+    else:
+        raise ValueError(f"time grid must be one of {GRIDS}, got {kind!r}")
+    values[0], values[-1] = 0.0, 1.0
+    if edges:
+        values = _with_edges(values, edges)
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def _with_edges(values: list[float], edges: Sequence[float]) -> list[float]:
+    fixed = {0, len(values) - 1}
+    for edge in sorted(float(e) for e in edges):
+        if not 0.0 < edge < 1.0:
+            continue
+        j = next(k for k, v in enumerate(values) if v >= edge)  # values[j - 1] < edge <= values[j]
+        if abs(values[j] - edge) < 1e-7 or abs(values[j - 1] - edge) < 1e-7:
+            fixed.add(j if abs(values[j] - edge) < 1e-7 else j - 1)
+            continue
+        free = sorted((k for k in (j - 1, j) if k not in fixed), key=lambda k: abs(values[k] - edge))
+        if free:
+            values[free[0]] = edge
+            fixed.add(free[0])
+        else:
+            values.insert(j, edge)
+            fixed = {k + (k >= j) for k in fixed} | {j}
+    return values
+
+
+def resolve_grid(method: str, grid: str = "auto", shift: float | None = None) -> tuple[str, float]:
+    """(grid, shift) for a method: ``auto`` is the method's default grid (``shifted`` when a shift is given)."""
+    solver = _solver(method)
+    if grid == "auto":
+        grid = "shifted" if shift is not None else solver.grid
+    if grid not in GRIDS:
+        raise ValueError(f"--time-grid must be auto or one of {GRIDS}, got {grid!r}")
+    if shift is not None and grid != "shifted":
+        raise ValueError(f"--shift applies to the shifted time grid, not {grid!r}")
+    return grid, DEFAULT_SHIFT if shift is None else float(shift)
+
+
+def sampling_times(method: str, steps: int, *, grid: str = "auto", shift: float | None = None, cfg: float = 1.0,
+                   cfg_interval: Sequence[float] = (0.1, 1.0), t_eps: float = 0.05) -> torch.Tensor:  # fmt: skip
+    """The grid :func:`sample` integrates on: the method's grid, with a node at each CFG interval edge for
+    the solvers with the interval guidance rule."""
+    kind, shift = resolve_grid(method, grid, shift)
+    edges = tuple(cfg_interval) if SOLVERS[method].guidance == "interval" and cfg != 1.0 else ()
+    return time_grid(steps, kind, shift=shift, t_eps=t_eps, edges=edges)
+
+
+def network_evaluations(method: str, times: torch.Tensor) -> int:
+    """Network evaluations (ODE function evaluations) of ``method`` on the grid ``times``."""
+    return _solver(method).evaluations(len(times) - 1)
+
+
+def _solver(method: str):
+    if method not in SOLVERS:
+        raise ValueError(f"sampling method must be one of {METHODS}, got {method!r}")
+    return SOLVERS[method]
 
 
 def guidance_weights(times: torch.Tensor, cfg: float, cfg_interval: Sequence[float]) -> list[float]:
@@ -29,6 +111,16 @@ def guidance_weights(times: torch.Tensor, cfg: float, cfg_interval: Sequence[flo
     lo, hi = cfg_interval
     inside = (times < hi) & ((lo == 0) | (times > lo))
     return [float(cfg) if bool(flag) else 1.0 for flag in inside]
+
+
+def interval_weights(times: torch.Tensor, cfg: float, cfg_interval: Sequence[float]) -> list[float]:
+    """Guidance weight per time for the interval rule: entry i is the weight of the open interval
+    (t_i, t_(i+1)) (cfg where its midpoint lies in (lo, hi)); the last entry repeats the one before."""
+    lo, hi = cfg_interval
+    values = times.tolist()
+    middles = [(a + b) / 2 for a, b in zip(values[:-1], values[1:])]
+    weights = [float(cfg) if lo < m < hi else 1.0 for m in middles]
+    return weights + weights[-1:]
 
 
 class GuidedVelocity:
@@ -74,27 +166,21 @@ def solve(
     weights: Sequence[float],
     *,
     method: str = "heun",
-    final_euler: bool = True,
+    t_eps: float = 0.05,
+    final: str = "ode",
     progress: bool = False,
+    **options,
 ) -> torch.Tensor:
-    """Integrate dz/dt = velocity(z, t, w) over ``times``.
-
-    Heun takes a plain Euler step on the last interval when ``final_euler`` (the reference
-    sampler does, which saves the evaluation at t = 1 where x-prediction is exact anyway)."""
-    if method not in METHODS:
-        raise ValueError(f"sampling method must be one of {METHODS}, got {method!r}")
-    steps = len(times) - 1
-    for i in tqdm(range(steps), disable=not progress, desc=f"{method}-{steps}", leave=False):
-        t, t_next = times[i], times[i + 1]
-        dt = t_next - t  # 0-d fp32 CPU tensor, as the reference computes it
-        v = velocity(z, t, weights[i])
-        if method == "euler" or (final_euler and i == steps - 1):
-            z = z + dt * v
-        else:
-            z_euler = z + dt * v
-            v_next = velocity(z_euler, t_next, weights[i + 1])
-            z = z + dt * (0.5 * (v + v_next))
-    return z
+    """Integrate dz/dt = velocity(z, t, w) over ``times`` with ``method``; ``weights[i]`` is the guidance
+    weight of evaluations at ``times[i]``. ``final="denoise"`` returns the last x-prediction instead of
+    the last step. ``options`` go to the solver (heun's ``final_euler``)."""
+    solver = _solver(method)
+    if final not in FINALS:
+        raise ValueError(f"--final must be one of {FINALS}, got {final!r}")
+    if len(weights) != len(times):
+        raise ValueError(f"need one guidance weight per time: {len(weights)} weights for {len(times)} times")
+    return solver.fn(velocity, z, times, weights, t_eps=t_eps, denoise=final == "denoise", progress=progress,
+                     **options)  # fmt: skip
 
 
 @torch.no_grad()
@@ -110,25 +196,31 @@ def sample(
     noise_scale: float = 1.0,
     t_eps: float = 0.05,
     prediction: str = "x",
+    grid: str = "auto",
+    shift: float | None = None,
+    final: str = "ode",
     progress: bool = False,
     null_label: int | None = None,
     velocity_hook: Callable[[GuidedVelocity], None] | None = None,
 ) -> torch.Tensor:
     """Generate images from standard-normal ``noise`` (B, 3, H, W) and ``labels`` (B,).
 
-    Returns the final ODE state (fp32, data scale, about [-1, 1]). ``null_label`` defaults to
-    ``model.num_classes``; ``velocity_hook`` receives the :class:`GuidedVelocity` (e.g. to read NFE).
+    Returns the final ODE state (fp32, data scale, about [-1, 1]), or the last x-prediction with
+    ``final="denoise"``. ``grid``/``shift`` choose the time grid (:func:`sampling_times`; ``auto`` is the
+    method's default). ``null_label`` defaults to ``model.num_classes``; ``velocity_hook`` receives the
+    :class:`GuidedVelocity` (e.g. to read NFE).
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    solver = _solver(method)
     if null_label is None:
         null_label = model.num_classes
     z = noise.float() * noise_scale
-    times = time_grid(steps)
+    times = sampling_times(method, steps, grid=grid, shift=shift, cfg=cfg, cfg_interval=cfg_interval, t_eps=t_eps)
+    rule = guidance_weights if solver.guidance == "node" else interval_weights
     velocity = GuidedVelocity(model, labels.to(z.device), null_label=null_label, prediction=prediction, t_eps=t_eps)
     if velocity_hook is not None:
         velocity_hook(velocity)
-    return solve(velocity, z, times, guidance_weights(times, cfg, cfg_interval), method=method, progress=progress)
+    return solve(velocity, z, times, rule(times, cfg, cfg_interval), method=method, t_eps=t_eps, final=final,
+                 progress=progress)  # fmt: skip
 
 
 def image_noise(indices: Sequence[int], shape: Sequence[int], seed: int) -> torch.Tensor:

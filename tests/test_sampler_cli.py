@@ -1,0 +1,47 @@
+"""The sampler flags end to end: `jit sample` with a few-step solver, and `jit eval` over steps x solvers
+(one setting per pair, network evaluations recorded, the NFE figure)."""
+
+import csv
+import json
+
+import numpy as np
+from test_evaluate import _eval, tiny_classifier, tiny_folder, tiny_run  # noqa: F401 (fixtures)
+
+from jit_diffusion.cli import main
+
+
+def test_sample_with_new_solver_grid_and_final(tiny_run, tmp_path):  # noqa: F811
+    outputs = {}
+    for name, extra in [("heun", []), ("dpm", ["--method", "dpm++2m", "--time-grid", "logsnr", "--final", "denoise"]),
+                        ("unipc", ["--method", "unipc", "--shift", "3"])]:  # fmt: skip
+        npz = tmp_path / f"{name}.npz"
+        code = main(["sample", str(tiny_run), "--per-class", "1", "--cfg", "2.0", "--steps", "4", "--device", "cpu",
+                     "--grid", str(tmp_path / f"{name}.png"), "--npz", str(npz), *extra])  # fmt: skip
+        assert code == 0 and (tmp_path / f"{name}.png").is_file()
+        outputs[name] = np.load(npz)["arr_0"]
+    assert outputs["dpm"].shape == outputs["heun"].shape == (4, 8, 8, 3)
+    assert not np.array_equal(outputs["dpm"], outputs["unipc"])
+
+
+def test_steps_by_methods_sweep(tiny_run, tiny_classifier, tmp_path):  # noqa: F811
+    out = tmp_path / "sweep"
+    code = _eval(tiny_run, out, "--num", "4", "--chunk-size", "4", "--cfg", "2.0", "--steps", "2,3",
+                 "--method", "heun,dpm++2m", "--metrics", "fd-emoji", "--classifier", str(tiny_classifier))  # fmt: skip
+    assert code == 0
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [(r["setting"], r["nfe"]) for r in rows] == [
+        ("ema1-cfg2-heun-2", "3"), ("ema1-cfg2-heun-3", "5"), ("ema1-cfg2-dpm++2m-2", "2"), ("ema1-cfg2-dpm++2m-3", "3")
+    ]
+    record = json.loads((out / "ema1-cfg2-dpm++2m-3" / "metrics.json").read_text())
+    assert record["sampling"]["method"] == "dpm++2m" and record["sampling"]["time_grid"] in ("shifted", "logsnr")
+    assert record["network_evaluations"] == 3
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_method_and_bad_steps_fail_in_one_line(tiny_run, tmp_path, capsys):  # noqa: F811
+    assert _eval(tiny_run, tmp_path / "a", "--num", "4", "--method", "heun,rk4", "--metrics", "none") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown solver 'rk4'" in err
+    assert _eval(tiny_run, tmp_path / "b", "--num", "4", "--time-grid", "uniform", "--shift", "3",
+                 "--metrics", "none") == 2  # fmt: skip
+    assert "--shift applies to the shifted time grid" in capsys.readouterr().err
