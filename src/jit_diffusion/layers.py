@@ -29,8 +29,10 @@ class RMSNorm(nn.Module):
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation: x * (1 + scale) + shift, with (B, D) conditioning broadcast over tokens."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """adaLN modulation: x * (1 + scale) + shift, with (B, D) conditioning broadcast over tokens.
+
+    Computed in fp32 and rounded once to x's dtype (identical ops when everything is fp32)."""
+    return (x.float() * (1 + scale.float().unsqueeze(1)) + shift.float().unsqueeze(1)).to(x.dtype)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:

@@ -215,7 +215,10 @@ class JiT(
         """z (B, C, H, W) noisy image, t (B,) time in [0, 1], y (B,) labels (num_classes = null)."""
         y_emb = self.y_embedder(y)  # (B, D)
         c = self.t_embedder(t) + y_emb  # (B, D)
-        x = self.x_embedder(z) + self.pos_embed  # (B, N, D)
+        x = self.x_embedder(z)  # (B, N, D)
+        # pos_embed in the activation dtype: under bf16 autocast the residual stream stays bf16 (an fp32
+        # table would promote it to fp32 and double its traffic in every block); a no-op in fp32
+        x = x + self.pos_embed.to(x.dtype)
         L = self.in_context_len
         for i, block in enumerate(self.blocks):
             if L > 0 and i == self.in_context_start:
