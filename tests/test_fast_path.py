@@ -1,6 +1,26 @@
-"""The fast path (bf16 autocast, Triton kernels, larger compiled regions) against the fp32 reference."""
+"""The fast path (bf16 autocast, Triton kernels, larger compiled regions) against the fp32 reference.
 
+Kernel tests run on the GPU when there is one and on the CPU under TRITON_INTERPRET=1 otherwise."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
 import torch
+from kernel_env import needs_triton, triton_device
+
+from jit_diffusion import kernels
+from jit_diffusion.layers import RMSNorm, apply_rope, rope_tables_2d
+
+# one bf16 ulp relative: a GPU rounds an fp32 result to nearest (half an ulp), Triton's interpreter truncates
+BF16_ULP = 2.0**-7
+
+
+@pytest.fixture
+def device(monkeypatch):
+    with triton_device(monkeypatch) as dev:
+        yield dev
 
 
 def test_residual_stream_stays_bf16_under_autocast(golden):
@@ -16,3 +36,144 @@ def test_residual_stream_stays_bf16_under_autocast(golden):
     with torch.no_grad():
         model(x, t, y)
     assert seen == [torch.float32] * len(model.blocks)
+
+
+def _qk_case(head_dim, heads, grid, prefix, dtype, device, seed=0):
+    """q as the attention takes it: a strided (B, H, N, hd) view of a (B, N, 3, H, hd) qkv tensor."""
+    gen = torch.Generator().manual_seed(seed)
+    n_tokens = prefix + grid * grid
+    cos, sin = rope_tables_2d(head_dim, grid, prefix)
+    qkv = (3 * torch.randn(2, n_tokens, 3, heads, head_dim, generator=gen)).to(dtype)
+    weight = 1 + 0.2 * torch.randn(head_dim, generator=gen)
+    grad = torch.randn(2, heads, n_tokens, head_dim, generator=gen).to(dtype)
+    return [t.to(device) for t in (qkv, weight, cos, sin, grad)]
+
+
+def _exact_norm_rope(x, weight, cos, sin, eps=1e-6):
+    """rope(rmsnorm(x) * w) in float64: the value both paths approximate."""
+    x = x.double()
+    u = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.double()
+    a, b = u.unflatten(-1, (-1, 2)).unbind(-1)
+    return u * cos.double() + torch.stack((-b, a), dim=-1).flatten(-2) * sin.double()
+
+
+CASES = [(16, 4, 4, 4), (64, 3, 4, 8), (80, 2, 3, 0)]  # head dims of the golden net, B/L, and H (padded)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim,heads,grid,prefix", CASES)
+def test_norm_rope_kernel_forward_and_backward(device, dtype, head_dim, heads, grid, prefix):
+    qkv, weight, cos, sin, grad = _qk_case(head_dim, heads, grid, prefix, dtype, device)
+    qkv.requires_grad_(True)
+    weight.requires_grad_(True)
+    x = qkv.permute(2, 0, 3, 1, 4)[0]  # (B, H, N, hd), non-contiguous
+    out = kernels.norm_rope(x, weight, cos, sin, 1e-6)
+    out.backward(grad)
+    assert out.dtype == dtype and out.is_contiguous() and out.shape == x.shape
+
+    x64 = x.detach().double().requires_grad_(True)
+    w64 = weight.detach().double().requires_grad_(True)
+    exact = _exact_norm_rope(x64, w64, cos, sin)
+    exact.backward(grad.double())
+    dx = qkv.grad.permute(2, 0, 3, 1, 4)[0]
+    if dtype == torch.float32:
+        torch.testing.assert_close(out.double(), exact, rtol=0, atol=1e-5 * exact.abs().max().item())
+        torch.testing.assert_close(dx.double(), x64.grad, rtol=0, atol=1e-5 * x64.grad.abs().max().item())
+    else:  # fp32 math on the bf16 inputs, rounded once: within one bf16 ulp of the exact value
+        assert ((out.double() - exact).abs() <= BF16_ULP * exact.abs() + 1e-5).all()
+        assert ((dx.double() - x64.grad).abs() <= BF16_ULP * x64.grad.abs() + 1e-5 * x64.grad.abs().max()).all()
+    assert weight.grad.dtype == torch.float32
+    torch.testing.assert_close(weight.grad.double(), w64.grad, rtol=0, atol=1e-5 * w64.grad.abs().max().item())
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norm_rope_kernel_close_to_reference_path(device, dtype):
+    """The kernel against the module code it replaces (which rounds twice in bf16)."""
+    qkv, weight, cos, sin, grad = _qk_case(64, 3, 4, 8, dtype, device, seed=1)
+    x = qkv.permute(2, 0, 3, 1, 4)[1]
+    norm = RMSNorm(64).to(device)
+    with torch.no_grad():
+        norm.weight.copy_(weight)
+    reference = apply_rope(norm(x), cos, sin)
+    fused = kernels.norm_rope(x, weight, cos, sin, norm.eps)
+    # the reference rounds the normalised q to bf16 before rotating it: up to ~2 ulps of the row's scale
+    tolerance = 1e-6 if dtype == torch.float32 else 2 * BF16_ULP
+    assert (fused.float() - reference.float()).abs().max() <= tolerance * reference.float().abs().max()
+
+
+@needs_triton
+def test_model_with_kernels_matches_golden(golden, device):
+    """The whole network with the fused kernels: golden forward, and gradients equal to the reference path."""
+    model = golden.model().train().to(device)
+    x, t, y = (golden[f"forward.{k}"].to(device) for k in ("x", "t", "y"))
+
+    def forward_backward():
+        model.zero_grad()
+        out = model(x, t, y)
+        out.square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    out, grads = forward_backward()
+    assert (out.cpu() - golden["forward.out"]).abs().max().item() <= 1e-5
+    with kernels.mode("off"):
+        ref_out, ref_grads = forward_backward()
+    assert len(grads) == len(ref_grads)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-5 * r.abs().max().item() + 1e-9)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+        fast = model(x, t, y)
+    assert ((fast.float() - ref_out).norm() / ref_out.norm()).item() < 1e-2
+
+
+@needs_triton
+def test_norm_rope_traces_under_compile(device):
+    """No graph break around the custom op, forward and backward, and the same numbers as eager."""
+    qkv, weight, cos, sin, _ = _qk_case(16, 2, 3, 2, torch.float32, device)
+
+    def attention_inputs(qkv, weight):
+        return kernels.norm_rope(qkv.permute(2, 0, 3, 1, 4)[0], weight, cos, sin, 1e-6) * 2
+
+    backend = "inductor" if device.type == "cuda" else "aot_eager"
+    compiled = torch.compile(attention_inputs, backend=backend, fullgraph=True)
+    grads = []
+    for fn in (attention_inputs, compiled):
+        a, b = qkv.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        out = fn(a, b)
+        out.square().sum().backward()
+        grads.append((out.detach(), a.grad, b.grad))
+    for eager, traced in zip(*grads):
+        torch.testing.assert_close(traced, eager, rtol=1e-6, atol=1e-6)
+
+
+OFFLINE_COMPILE = textwrap.dedent("""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from jit_diffusion import triton_kernels as tk
+
+    def build(fn, signature, constants):
+        signature = {**signature, **{name: "constexpr" for name in constants}}
+        source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constants)
+        return triton.compile(source, target=GPUTarget("cuda", 90, 32))
+
+    tables = dict(w_ptr="*fp32", cos_ptr="*fp32", sin_ptr="*fp32", rstd_ptr="*fp32")
+    shape = dict(n_rows="i32", H="i32", N="i32", stride_b="i64", stride_h="i32", stride_n="i32")
+    for dt in ("bf16", "fp32"):
+        build(tk._qk_norm_rope_fwd_kernel, dict(x_ptr="*" + dt, out_ptr="*" + dt, eps="fp32", **tables, **shape),
+              dict(HD=64, BLOCK_HD=64, ROWS=64))
+        build(tk._qk_norm_rope_bwd_kernel, dict(grad_ptr="*" + dt, x_ptr="*" + dt, dx_ptr="*" + dt,
+              dw_partial_ptr="*fp32", **tables, **shape), dict(HD=80, BLOCK_HD=128, ROWS=32))
+    print("compiled")
+""")
+
+
+@needs_triton
+@pytest.mark.slow
+def test_kernels_compile_for_h100_without_a_gpu():
+    """Triton's real compiler (not the interpreter) accepts every kernel for sm_90."""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", OFFLINE_COMPILE], capture_output=True, text=True, env=env, timeout=600)
+    if "ptxas" in res.stderr and "not found" in res.stderr:
+        pytest.skip("triton's ptxas is not available")
+    assert res.returncode == 0 and "compiled" in res.stdout, res.stderr[-3000:]
