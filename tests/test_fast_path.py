@@ -164,6 +164,12 @@ OFFLINE_COMPILE = textwrap.dedent("""
               dict(HD=64, BLOCK_HD=64, ROWS=64))
         build(tk._qk_norm_rope_bwd_kernel, dict(grad_ptr="*" + dt, x_ptr="*" + dt, dx_ptr="*" + dt,
               dw_partial_ptr="*fp32", **tables, **shape), dict(HD=80, BLOCK_HD=128, ROWS=32))
+    for normal in (False, True):
+        for from_ptr in (False, True):
+            kernel = build(tk._counter_kernel, dict(positions_ptr="*i64", out_ptr="*fp32", step_ptr="*i64",
+                           seed_key="i64", step="i32", stream="i32", numel="i32", words="i32"),
+                           dict(NORMAL=normal, STEP_FROM_PTR=from_ptr, BLOCK=1024))
+            assert not normal or "__nv_logf" in kernel.asm["ptx"], "expected libdevice's logf"
     print("compiled")
 """)
 
@@ -171,7 +177,8 @@ OFFLINE_COMPILE = textwrap.dedent("""
 @needs_triton
 @pytest.mark.slow
 def test_kernels_compile_for_h100_without_a_gpu():
-    """Triton's real compiler (not the interpreter) accepts every kernel for sm_90."""
+    """Triton's real compiler (not the interpreter) accepts every kernel for sm_90, e.g. no int64
+    constant is narrowed to int32; the normal draws use libdevice's functions, as PyTorch's do."""
     env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-c", OFFLINE_COMPILE], capture_output=True, text=True, env=env, timeout=600)
     if "ptxas" in res.stderr and "not found" in res.stderr:

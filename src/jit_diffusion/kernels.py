@@ -1,6 +1,6 @@
 """When the fast path's Triton kernels run, and their autograd formulas.
 
-The PyTorch code in :mod:`layers` is the reference; the kernels in
+The PyTorch code in :mod:`layers` and :mod:`rng` is the reference; the kernels in
 :mod:`triton_kernels` compute the same functions with fewer passes over memory. Which one runs is
 decided per call by :func:`use_triton`:
 
@@ -109,3 +109,22 @@ def norm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: tor
         x = x.contiguous()
     out, _rstd = triton_ops().qk_norm_rope_fwd(x, weight, cos.contiguous(), sin.contiguous(), eps)
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# counter-based draws
+# ------------------------------------------------------------------------------------------------
+
+
+def counter_draws(kind: str, seed_key: int, step: int | torch.Tensor, stream: int, positions: torch.Tensor,
+                  numel: int) -> torch.Tensor:
+    """``uniform`` or ``normal`` draws (B, numel) of :mod:`rng` from the Triton kernel.
+
+    ``seed_key`` is SplitMix64(seed) as a signed int64; ``step`` an int or a one-element int64 tensor
+    on the positions' device (a CUDA graph replays with the value the tensor holds at replay)."""
+    ops = triton_ops()
+    op = ops.counter_normal if kind == "normal" else ops.counter_uniform
+    positions = positions.to(torch.int64).contiguous()
+    if isinstance(step, torch.Tensor):
+        return op(positions, step.reshape(1).to(torch.int64), seed_key, 0, stream, numel)
+    return op(positions, None, seed_key, step, stream, numel)

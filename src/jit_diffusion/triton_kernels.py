@@ -6,6 +6,8 @@ tensors, which is how the tests check them against the PyTorch reference without
 
 - ``qk_norm_rope_fwd`` / ``qk_norm_rope_bwd``: RMSNorm over the head dim, times the norm weight,
   then the 2-D rotary embedding, in one pass over q (or k); fp32 math, one rounding at the end.
+- ``counter_uniform`` / ``counter_normal``: the counter-based SplitMix64 draws of :mod:`rng`,
+  bit-for-bit the same integer words as the PyTorch code.
 """
 
 from __future__ import annotations
@@ -18,6 +20,20 @@ import triton.language as tl
 from torch.library import custom_op, triton_op, wrap_triton
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+if _INTERPRET:  # the interpreter has no libdevice; numpy's functions stand in
+
+    @triton.jit
+    def _log_cos_sin(radius_arg, angle):
+        return tl.log(radius_arg), tl.cos(angle), tl.sin(angle)
+
+else:  # libdevice: the same functions (1 ulp) that PyTorch's CUDA kernels call
+    from triton.language.extra import libdevice
+
+    @triton.jit
+    def _log_cos_sin(radius_arg, angle):
+        return libdevice.log(radius_arg), libdevice.cos(angle), libdevice.sin(angle)
+
+
 def _op(name: str, fake):
     """Register ``fn`` as the custom op ``jit_diffusion::name``.
 
@@ -154,3 +170,85 @@ def qk_norm_rope_bwd(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
         HD=head_dim, BLOCK_HD=block_hd, ROWS=rows_per_program,
     )  # fmt: skip
     return dx, dw_partial.sum(0).to(weight.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# counter-based SplitMix64 draws (see rng.py for the definition they reproduce)
+# ------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _splitmix64(x):
+    """SplitMix64 finaliser on uint64 (wrapping multiply, logical shifts)."""
+    x = x + 0x9E3779B97F4A7C15
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EB
+    return x ^ (x >> 31)
+
+
+@triton.jit
+def _as_u64(value):
+    return value.to(tl.int64).to(tl.uint64, bitcast=True)
+
+
+@triton.jit(do_not_specialize=["seed_key", "step"])
+def _counter_kernel(positions_ptr, out_ptr, step_ptr, seed_key, step, stream, numel, words,
+                    NORMAL: tl.constexpr, STEP_FROM_PTR: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    if STEP_FROM_PTR:
+        step_value = _as_u64(tl.load(step_ptr))
+    else:
+        step_value = _as_u64(step)
+    # key = mix(mix(mix(seed) ^ step) ^ stream), with mix(seed) done on the host
+    key = _splitmix64(_splitmix64(_as_u64(seed_key) ^ step_value) ^ _as_u64(stream))
+    sample_key = _splitmix64(_as_u64(tl.load(positions_ptr + row)) ^ key)
+    word = _splitmix64(sample_key + cols.to(tl.uint64) * 0x9E3779B97F4A7C15)  # (BLOCK,)
+    u1 = ((word >> 40).to(tl.int32).to(tl.float32) + 0.5) * (1.0 / 16777216.0)  # top 24 bits
+    out_row = out_ptr + row.to(tl.int64) * numel
+    if NORMAL:
+        u2 = (((word >> 16) & 0xFFFFFF).to(tl.int32).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+        log_u1, cos_angle, sin_angle = _log_cos_sin(u1, 6.283185307179586 * u2)
+        radius = tl.sqrt_rn(-2.0 * log_u1)  # Box-Muller: r cos(2 pi u2), r sin(2 pi u2)
+        tl.store(out_row + cols, radius * cos_angle, mask=cols < words)
+        tl.store(out_row + words + cols, radius * sin_angle, mask=(cols < words) & (words + cols < numel))
+    else:
+        tl.store(out_row + cols, u1, mask=cols < numel)
+
+
+def _counter_layout(positions: torch.Tensor, numel: int, normal: bool) -> tuple[torch.Tensor, int, int, tuple]:
+    """Output buffer, words per row, block size and grid of a counter draw."""
+    out = torch.empty((positions.shape[0], numel), dtype=torch.float32, device=positions.device)
+    words = (numel + 1) // 2 if normal else numel
+    block = min(1024, triton.next_power_of_2(max(words, 16)))
+    return out, words, block, (positions.shape[0], triton.cdiv(words, block))
+
+
+def _fake_counter(positions, step_tensor, seed_key, step, stream, numel):
+    return positions.new_empty((positions.shape[0], numel), dtype=torch.float32)
+
+
+@_op("counter_uniform", _fake_counter)
+def counter_uniform(positions: torch.Tensor, step_tensor: torch.Tensor | None, seed_key: int, step: int,
+                    stream: int, numel: int) -> torch.Tensor:
+    """U(0, 1) fp32 (B, numel) for int64 ``positions`` (B,); the step from ``step_tensor`` when given."""
+    out, words, block, grid = _counter_layout(positions, numel, normal=False)
+    step_arg = positions if step_tensor is None else step_tensor  # a dummy pointer when the step is a scalar
+    wrap_triton(_counter_kernel)[grid](
+        positions, out, step_arg, seed_key, step, stream, numel, words,
+        NORMAL=False, STEP_FROM_PTR=step_tensor is not None, BLOCK=block,
+    )  # fmt: skip
+    return out
+
+
+@_op("counter_normal", _fake_counter)
+def counter_normal(positions: torch.Tensor, step_tensor: torch.Tensor | None, seed_key: int, step: int,
+                   stream: int, numel: int) -> torch.Tensor:
+    """N(0, 1) fp32 (B, numel), Box-Muller on the words of :func:`counter_uniform`'s hash."""
+    out, words, block, grid = _counter_layout(positions, numel, normal=True)
+    step_arg = positions if step_tensor is None else step_tensor
+    wrap_triton(_counter_kernel)[grid](
+        positions, out, step_arg, seed_key, step, stream, numel, words,
+        NORMAL=True, STEP_FROM_PTR=step_tensor is not None, BLOCK=block,
+    )  # fmt: skip
+    return out
