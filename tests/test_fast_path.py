@@ -184,3 +184,56 @@ def test_kernels_compile_for_h100_without_a_gpu():
     if "ptxas" in res.stderr and "not found" in res.stderr:
         pytest.skip("triton's ptxas is not available")
     assert res.returncode == 0 and "compiled" in res.stdout, res.stderr[-3000:]
+
+
+def _tiny_model():
+    from jit_diffusion import JiT
+
+    torch.manual_seed(0)  # 3 blocks, the in-context tokens joining at the second: both token counts occur
+    model = JiT(input_size=16, patch_size=4, hidden_size=32, depth=3, num_heads=2, num_classes=10, bottleneck_dim=8,
+                in_context_len=2, in_context_start=1)
+    with torch.no_grad():  # non-zero adaLN and output layers, so that every block matters
+        for name, p in model.named_parameters():
+            if "adaLN_modulation" in name or "final_layer.linear" in name:
+                p.normal_(std=0.05)
+    return model
+
+
+def _forward_backward(model, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    z, t, y = torch.randn(3, 3, 16, 16, generator=gen), torch.rand(3, generator=gen), torch.tensor([1, 10, 4])
+    model.zero_grad()
+    out = model(z, t, y)
+    out.square().mean().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_whole_model_compiles_as_one_graph_and_keeps_names():
+    """The whole forward traces as one graph (fullgraph: no break between blocks, forward and backward);
+    the state dict keeps its plain names and the numbers equal eager's."""
+    model = _tiny_model().train()
+    names = list(model.state_dict())
+    ref_out, ref_grads = _forward_backward(model)
+    model.compile_model("model", backend="aot_eager", fullgraph=True)
+    out, grads = _forward_backward(model)
+    assert list(model.state_dict()) == names
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=0, atol=1e-6 * ref_grads[name].abs().max().item() + 1e-9)
+
+
+@pytest.mark.slow
+def test_whole_model_inductor_matches_eager():
+    """Inductor (C++ on CPU, Triton on a GPU) on the whole forward and backward: eager's numbers to fp32 rounding."""
+    model = _tiny_model().train()
+    ref_out, ref_grads = _forward_backward(model)
+    model.compile_model("model")
+    for seed in (0, 0, 1):  # the second call reuses the graph; a new input needs no recompile
+        out, grads = _forward_backward(model, seed)
+        if seed == 0:
+            torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-5)
+            for name, grad in grads.items():
+                scale = ref_grads[name].abs().max().item()
+                torch.testing.assert_close(grad, ref_grads[name], rtol=0, atol=1e-5 * scale)
+    with pytest.raises(ValueError, match="compile scope"):
+        model.compile_model("layers")
