@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import warnings
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -77,7 +78,12 @@ def triton_ops() -> ModuleType:
 
 
 if _TRITON_FOUND and torch.cuda.is_available():
-    triton_ops()  # import now, so that compiled code never traces the import
+    try:
+        triton_ops()  # import now, so that compiled code never traces the import
+    except Exception as err:  # e.g. a Triton too old for the kernels: the PyTorch code still works
+        warnings.warn(f"jit_diffusion: Triton kernels unavailable ({type(err).__name__}: {err}); "
+                      "using the PyTorch reference", stacklevel=1)  # fmt: skip
+        _TRITON_FOUND = False
 
 
 # ------------------------------------------------------------------------------------------------

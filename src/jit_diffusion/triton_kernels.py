@@ -191,7 +191,7 @@ def _as_u64(value):
     return value.to(tl.int64).to(tl.uint64, bitcast=True)
 
 
-@triton.jit(do_not_specialize=["seed_key", "step"])
+@triton.jit(do_not_specialize=["seed_key", "step", "stream"])  # keep them values (1 would be a constexpr)
 def _counter_kernel(positions_ptr, out_ptr, step_ptr, seed_key, step, stream, numel, words,
                     NORMAL: tl.constexpr, STEP_FROM_PTR: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
