@@ -4,7 +4,8 @@
 #   2. the fast path's numerics (check_fast_path: whole-model compile, kernels, bf16 residual stream);
 #   3. training JiT-B/16 256 px batch 128 bf16, before (per-block compile, PyTorch ops, no graph) and
 #      after (whole-model compile, Triton kernels, CUDA graph), each with its per-bucket profile;
-#   4. Heun-50 CFG 2.9 sampling at batch 128 (static shapes), then 256/512/128 (one dynamic-batch graph).
+#   4. Heun-50 CFG 2.9 sampling at batch 128 (static shapes), then 256/512/128 (one dynamic-batch graph);
+#   5. if time is left, the fast training path with the PyTorch ops instead of the Triton kernels.
 # Each step is cut at its own limit and at the overall budget, so the script always ends in time.
 # Logs (one file per step), traces and summary.txt go to ${OUT:-/tmp/jit-gpu}.
 #   bash benchmarks/gpu_session.sh
@@ -57,6 +58,9 @@ step sample_128 120 $PY bench_sample.py "${MODEL[@]}" "${SAMPLE[@]}" --batch-siz
   --compile $COMPILE --repeats 2
 step sample_batches 150 $PY bench_sample.py "${MODEL[@]}" "${SAMPLE[@]}" --batch-sizes "${BATCHES[1]}" --cfg 2.9 \
   --compile $COMPILE --dynamic-batch --repeats 1
+# last, if time is left: the fast path without the Triton kernels (what the fused kernels add under compile)
+step train_after_no_kernels 150 $PY bench_train.py "${MODEL[@]}" "${TRAIN[@]}" --compile $COMPILE --cuda-graph \
+  --kernels off --trace-dir "$out/traces" --label after-no-kernels
 grep -h -E "passed|failed|error|PASS|FAIL|^train:|^sample:|peak memory|^profile|^  [a-z+]+ +[0-9.]+ ms" \
   "$out"/tests.txt "$out"/fast_path.txt "$out"/train_*.txt "$out"/sample_*.txt 2>/dev/null | tee "$out/summary.txt"
 echo "total $(($(date +%s) - start)) s" | tee -a "$out/summary.txt"
