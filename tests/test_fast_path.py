@@ -18,8 +18,8 @@ BF16_ULP = 2.0**-7
 
 
 @pytest.fixture
-def device(monkeypatch):
-    with triton_device(monkeypatch) as dev:
+def device():
+    with triton_device() as dev:
         yield dev
 
 
