@@ -1,25 +1,33 @@
 """Training throughput of the real trainer step (forward, backward, AdamW, all EMAs).
 
-    python benchmarks/bench_train.py --model JiT-B/16 --batch-size 128 --compile        # CUDA
-    python benchmarks/bench_train.py --model JiT-Ti/4 --batch-size 64 --device cpu      # CPU
+    python benchmarks/bench_train.py --model JiT-B/16 --batch-size 128 --compile blocks --kernels off  # before
+    python benchmarks/bench_train.py --model JiT-B/16 --batch-size 128 --compile model --cuda-graph   # fast path
+    python benchmarks/bench_train.py --model JiT-Ti/4 --batch-size 64 --device cpu --profile 2       # CPU
 
 Prints img/s, ms/step, MFU (against the datasheet bf16 peak, or --peak-tflops) and peak memory.
-Warm-up steps (compilation included) are excluded from the timing.
+Warm-up steps (compilation and the CUDA-graph capture included) are excluded from the timing.
+``--profile N`` adds a torch.profiler run of N steps summed into buckets (see profile_buckets.py);
+with ``--cuda-graph`` those N steps are the eager steps just before the capture (the same kernels),
+and idle is the graph's measured step time minus their busy time.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+from pathlib import Path
 
 import torch
 from common import SyntheticDataset, device_name, echo_command, timed
+from profile_buckets import EMA_LABEL, RNG_LABEL, bucket_trace, format_table, labelled, profile_steps
 
+from jit_diffusion import kernels
 from jit_diffusion.flops import forward_macs, peak_tflops, train_flops_per_image
-from jit_diffusion.train import TrainConfig, Trainer
+from jit_diffusion.graphed_step import GraphedTrainStep, capturable_adamw
+from jit_diffusion.train import TrainConfig, Trainer, model_config, param_groups
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="JiT-B/16")
     p.add_argument("--img-size", type=int, default=None)
@@ -29,32 +37,73 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", nargs="?", const="blocks", default="none", choices=("none", "blocks", "model"),
+                   help="torch.compile each block (blocks, also plain --compile) or the whole forward (model)")
+    p.add_argument("--kernels", default="auto", choices=kernels.MODES,
+                   help="Triton kernels (fused qk-norm + RoPE, counter draws): auto = on CUDA; off = PyTorch")
+    p.add_argument("--cuda-graph", action="store_true", help="capture the whole step in a CUDA graph")
     p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steps and print the buckets")
+    p.add_argument("--trace-dir", type=Path, default=Path("/tmp/jit-traces"), help="where --profile saves traces")
+    p.add_argument("--label", default=None, help="name of this configuration in the output")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: datasheet bf16)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    echo_command()
-    cfg = TrainConfig(model=args.model, img_size=args.img_size, batch_size=args.batch_size, steps=10**9,
-                      lr=1e-4, warmup_steps=0, device=args.device, precision=args.precision, compile=args.compile,
-                      grad_checkpointing=args.grad_checkpointing, sample_every=0, out="/tmp/jit-bench-unused")
-    from jit_diffusion.train import model_config
+    return p.parse_args()
 
+
+def build_step(args: argparse.Namespace):
+    """The trainer and a zero-argument function running one optimizer step on a fixed batch."""
+    kernels.set_mode(args.kernels)
+    cfg = TrainConfig(model=args.model, img_size=args.img_size, batch_size=args.batch_size, steps=10**9,
+                      lr=1e-4, warmup_steps=0, device=args.device, precision=args.precision, compile=False,
+                      grad_checkpointing=args.grad_checkpointing, sample_every=0, out="/tmp/jit-bench-unused")
     size = model_config(cfg, args.num_classes).input_size
     data = SyntheticDataset(args.batch_size, size, args.num_classes)
     trainer = Trainer(cfg, dataset=data)
-    device = trainer.device
+    if args.compile != "none":
+        trainer.raw_model.compile_model(args.compile)
     batch = (data.images, torch.as_tensor(data.labels))
-    if device.type == "cuda":
+    if trainer.device.type == "cuda":
         batch = (batch[0].pin_memory(), batch[1].pin_memory())
-        torch.cuda.reset_peak_memory_stats(device)
+    graphed = None
+    if args.cuda_graph:
+        trainer.optimizer = capturable_adamw(param_groups(trainer.raw_model, cfg.weight_decay), cfg.lr_value(),
+                                             (cfg.beta1, cfg.beta2), trainer.device)  # fmt: skip
+        graphed = GraphedTrainStep(model=trainer.train_model, raw_model=trainer.raw_model, objective=trainer.objective,
+                                   augment=trainer.augment, optimizer=trainer.optimizer, ema=trainer.ema,
+                                   positions=trainer._arange + trainer._local_offset, use_bf16=trainer.use_bf16,
+                                   grad_clip=cfg.grad_clip, warmup_steps=1 + args.profile)  # fmt: skip
 
     def step():
-        trainer.train_step([batch], 1e-4)
+        if graphed is not None:
+            graphed(*batch, trainer.step, 1e-4)
+        else:
+            trainer.train_step([batch], 1e-4)
         trainer.step += 1
 
+    return trainer, graphed, step
+
+
+def run_profile(args, trainer, graphed, step) -> dict:
+    """Profile ``args.profile`` steps with the RNG and EMA calls labelled; returns the Chrome trace."""
+    owner = graphed if graphed is not None else trainer
+    with labelled(owner, "augment", RNG_LABEL), labelled(owner.ema, "update", EMA_LABEL):
+        return profile_steps(step, trainer.device, args.profile, args.trace_dir / f"{args.label or 'train'}.json")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    echo_command()
+    trainer, graphed, step = build_step(args)
+    device = trainer.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trace = None
+    if graphed is not None and args.profile:  # the eager steps just before the capture: the same kernels
+        step()  # compiles
+        trace = run_profile(args, trainer, graphed, step)
     times = timed(step, device, args.warmup, args.steps)
     sec = statistics.median(times)
     mc = trainer.raw_model.config
@@ -63,11 +112,16 @@ def main() -> None:
     peak = args.peak_tflops or peak_tflops(device_name(device))
     print(f"model {args.model} @ {mc.input_size}px, {trainer.raw_model.num_params() / 1e6:.2f}M params, "
           f"{forward_macs(mc) / 1e9:.2f} G multiply-adds per image forward")
-    print(f"batch {args.batch_size}, {device_name(device)}, precision {args.precision}, compile {args.compile}")
-    print(f"train: {img_s:.1f} img/s, {sec * 1e3:.1f} ms/step (median of {args.steps}), "
+    print(f"batch {args.batch_size}, {device_name(device)}, precision {args.precision}, compile {args.compile}, "
+          f"kernels {kernels.get_mode()}, cuda graph {graphed is not None and graphed.graph is not None}")
+    label = f"[{args.label}] " if args.label else ""
+    print(f"train: {label}{img_s:.1f} img/s, {sec * 1e3:.1f} ms/step (median of {args.steps}), "
           f"{flops / 1e12:.2f} TFLOP/s" + (f", MFU {100 * flops / (peak * 1e12):.1f}% of {peak:.0f}" if peak else ""))
     if device.type == "cuda":
         print(f"peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+    if args.profile:
+        trace = trace or run_profile(args, trainer, graphed, step)
+        print(format_table(bucket_trace(trace, args.profile, sec * 1e3), sec * 1e3, args.label or "train"))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,66 @@
 #!/usr/bin/env bash
-# Everything issue-7 asks of a GPU in one prepared run (about 6-8 minutes on an H200):
-# the fast-path numerics check, then training and sampling throughput of JiT-B/16 at 256 px,
-# batch 128, bf16, per-block torch.compile. Writes logs under ${OUT:-/tmp/jit-gpu}.
-#   PYTHONPATH=src bash benchmarks/gpu_session.sh
+# Everything issue 12 asks of a GPU, in one prepared run of at most 8 minutes (BUDGET_S, default 470 s):
+#   1. the Triton kernels and the CUDA-graph step against the PyTorch reference (pytest, on the GPU);
+#   2. the fast path's numerics (check_fast_path: whole-model compile, kernels, bf16 residual stream);
+#   3. training JiT-B/16 256 px batch 128 bf16, before (per-block compile, PyTorch ops, no graph) and
+#      after (whole-model compile, Triton kernels, CUDA graph), each with its per-bucket profile;
+#   4. Heun-50 CFG 2.9 sampling at batch 128 (static shapes), then 256/512/128 (one dynamic-batch graph);
+#   5. if time is left, the fast training path with the PyTorch ops instead of the Triton kernels.
+# Each step is cut at its own limit and at the overall budget, so the script always ends in time.
+# Logs (one file per step), traces and summary.txt go to ${OUT:-/tmp/jit-gpu}.
+#   bash benchmarks/gpu_session.sh
+#   SMOKE=1 bash benchmarks/gpu_session.sh     # the same steps on a tiny model on the CPU (plumbing check)
 set -uo pipefail
 cd "$(dirname "$0")"
 out=${OUT:-/tmp/jit-gpu}
 mkdir -p "$out"
 export PYTHONPATH="$(cd .. && pwd)/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-python check_fast_path.py --model JiT-B/16 --compile 2>&1 | tee "$out/fast_path.txt"
-python bench_train.py --model JiT-B/16 --batch-size 128 --steps 30 --warmup 10 2>&1 | tee "$out/train_eager.txt"
-python bench_train.py --model JiT-B/16 --batch-size 128 --steps 30 --warmup 10 --compile 2>&1 | tee "$out/train_compile.txt"
-python bench_sample.py --model JiT-B/16 --batch-size 128 --cfg 2.9 --compile --repeats 2 2>&1 | tee "$out/sample_compile.txt"
-for model in JiT-L/16 JiT-H/16; do
-  python bench_train.py --model $model --batch-size 64 --steps 10 --warmup 5 --compile 2>&1 | tee "$out/train_${model//\//_}.txt"
-done
-grep -h -E "train:|sample:|PASS|FAIL|peak memory" "$out"/*.txt
+PY=${PY:-python}
+start=$(date +%s)
+budget=${BUDGET_S:-470}
+
+step() {  # step NAME MAX_SECONDS COMMAND...: run with a limit that never passes the budget
+  local name=$1 limit=$2 t0 left rc
+  shift 2
+  t0=$(date +%s)
+  left=$((budget - (t0 - start)))
+  if ((left < 25)); then
+    echo "$name: skipped, budget spent" | tee -a "$out/timing.txt"
+    return
+  fi
+  ((limit > left)) && limit=$left
+  echo "== $name (limit ${limit}s)"
+  timeout -k 5 "$limit" "$@" >"$out/$name.txt" 2>&1
+  rc=$?
+  echo "$name: exit $rc after $(($(date +%s) - t0)) s (limit $limit s)" | tee -a "$out/timing.txt"
+  tail -n 25 "$out/$name.txt"
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } \
+  >"$out/gpu.txt" 2>&1
+cat "$out/gpu.txt"
+if [[ ${SMOKE:-0} == 1 ]]; then
+  MODEL=(--model JiT-Ti/4 --img-size 16 --device cpu) TRAIN=(--batch-size 8 --steps 2 --warmup 1 --profile 1)
+  SAMPLE=(--steps 3) BATCHES=(8 8,16) COMPILE=none
+else
+  MODEL=(--model JiT-B/16) TRAIN=(--batch-size 128 --steps 20 --warmup 5 --profile 3) SAMPLE=()
+  BATCHES=(128 256,512,128) COMPILE=model
+fi
+step tests 100 $PY -m pytest -p no:cacheprovider -m "not slow" ../tests/test_fast_path.py ../tests/test_rng.py \
+  ../tests/test_graphed_step.py
+step fast_path 130 $PY check_fast_path.py "${MODEL[@]}" --compile $COMPILE
+step train_before 120 $PY bench_train.py "${MODEL[@]}" "${TRAIN[@]}" --compile blocks --kernels off \
+  --trace-dir "$out/traces" --label before
+step train_after 170 $PY bench_train.py "${MODEL[@]}" "${TRAIN[@]}" --compile $COMPILE --cuda-graph \
+  --trace-dir "$out/traces" --label after
+step sample_128 120 $PY bench_sample.py "${MODEL[@]}" "${SAMPLE[@]}" --batch-sizes "${BATCHES[0]}" --cfg 2.9 \
+  --compile $COMPILE --repeats 2
+step sample_batches 150 $PY bench_sample.py "${MODEL[@]}" "${SAMPLE[@]}" --batch-sizes "${BATCHES[1]}" --cfg 2.9 \
+  --compile $COMPILE --dynamic-batch --repeats 1
+# last, if time is left: the fast path without the Triton kernels (what the fused kernels add under compile)
+step train_after_no_kernels 150 $PY bench_train.py "${MODEL[@]}" "${TRAIN[@]}" --compile $COMPILE --cuda-graph \
+  --kernels off --trace-dir "$out/traces" --label after-no-kernels
+grep -h -E "passed|failed|error|PASS|FAIL|^train:|^sample:|peak memory|^profile|^  [a-z+]+ +[0-9.]+ ms" \
+  "$out"/tests.txt "$out"/fast_path.txt "$out"/train_*.txt "$out"/sample_*.txt 2>/dev/null | tee "$out/summary.txt"
+echo "total $(($(date +%s) - start)) s" | tee -a "$out/summary.txt"

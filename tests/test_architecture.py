@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "jit_diffusion"
 # (which also rules out cycles). Layers: basic, model, data/io, commands (docs/architecture.md).
 ORDER = [
     # basic
-    "errors", "fileio", "device", "rng", "config", "images", "distributed", "parallel", "flops",
+    "errors", "fileio", "device", "triton_kernels", "kernels", "rng", "config", "images", "distributed",
+    "parallel", "flops",
     # model
     "layers", "flow", "frechet", "pretrained", "model", "ema", "solvers", "sampling",
     # data / io
@@ -22,8 +23,9 @@ ORDER = [
     "loading",
     # commands
     "generate", "sample_store", "sweep", "metrics", "classifier_net", "classifier_train", "classifier",
-    "train_signals", "train_config", "train_flags", "train_optim", "train_data", "train_state", "train_log",
-    "train_health", "train_preview", "train", "evaluate", "toy_report", "toy", "convert", "cli", "__init__",
+    "train_signals", "train_config", "train_flags", "train_optim", "graphed_step", "train_data", "train_state",
+    "train_log", "train_health", "train_preview", "train", "evaluate", "toy_report", "toy", "convert", "cli",
+    "__init__",
 ]  # fmt: skip
 MAX_FILE_LINES = 450
 MAX_FUNCTION_LINES = 60

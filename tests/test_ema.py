@@ -64,3 +64,24 @@ def test_state_dict_round_trip():
             assert torch.equal(other.weights(name)[k], ema.weights(name)[k])
     with pytest.raises(KeyError, match="lacks"):
         other.load_state_dict({"ema1": state["ema1"]})
+
+
+def test_update_close_to_float64_and_exact_for_constant_parameters():
+    """One lerp per decay: within fp32 rounding of the float64 recursion, and a parameter that does not
+    move (e.g. the fixed pos_embed) keeps an EMA bit-equal to it, as decay * p + (1 - decay) * p may not."""
+    model = _model()
+    model.register_parameter("table", nn.Parameter(torch.randn(4096), requires_grad=False))
+    ema = EMA(model, decays=(0.9999, 0.9))
+    exact = {name: [p.detach().double().clone() for p in model.parameters()] for name in ema.names}
+    table = model.table.detach().clone()
+    for step in range(5):
+        with torch.no_grad():
+            model[0].weight.add_(0.3 * (step + 1))
+        ema.update(model)
+        for name, decay in ema.decays.items():
+            params = [p.detach().double() for p in model.parameters()]
+            exact[name] = [decay * e + (1 - decay) * p for e, p in zip(exact[name], params)]
+    for name in ema.names:
+        for got, want in zip(ema.shadows[name], exact[name]):
+            assert (got.double() - want).abs().max().item() < 1e-6
+        assert torch.equal(ema.weights(name)["table"], table)

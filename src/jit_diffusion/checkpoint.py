@@ -216,5 +216,6 @@ def info_from_training(ckpt: dict, source: str, weights: str) -> ModelInfo:
     return ModelInfo.create(
         ckpt["model_config"], ckpt.get("class_names"), prediction=cfg.get("prediction"),
         noise_scale=cfg.get("noise_scale"), t_eps=cfg.get("t_eps"), cfg=cfg.get("sample_cfg"),
-        cfg_interval=cfg.get("sample_interval"), source=source, weights=weights, step=int(ckpt.get("step", 0)),
+        cfg_interval=cfg.get("sample_interval"), method=cfg.get("sample_method"), source=source, weights=weights,
+        step=int(ckpt.get("step", 0)),
     )  # fmt: skip

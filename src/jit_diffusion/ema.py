@@ -14,7 +14,7 @@ from .parallel import copy_into
 class EMA:
     """Several EMAs of one model, e.g. decays (0.9999, 0.9996) named ``ema1``, ``ema2``.
 
-    ``update(model)`` applies ema = decay * ema + (1 - decay) * param to every EMA at once;
+    ``update(model)`` applies ema = decay * ema + (1 - decay) * param to every EMA at once (as a lerp);
     ``applied(model, name)`` temporarily swaps an EMA's weights into the model (no deep copy).
     EMA tensors are fp32 and live on the model's device.
     """
@@ -40,14 +40,13 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """One EMA step for every decay, with foreach kernels (no per-parameter Python loop)."""
+        """One EMA step for every decay: one ``_foreach_lerp_`` per decay (no per-parameter Python loop)."""
         params = [p.detach() for p in model.parameters()]
         if params and params[0].dtype != torch.float32:
             params = [p.float() for p in params]
         for name, decay in self.decays.items():
-            shadow = self.shadows[name]
-            torch._foreach_mul_(shadow, decay)
-            torch._foreach_add_(shadow, params, alpha=1.0 - decay)
+            # ema += (1 - decay) (param - ema): one fused pass over each EMA (read ema and param, write ema)
+            torch._foreach_lerp_(self.shadows[name], params, 1.0 - decay)
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """{ema_name: {param_name: tensor}} (the tensors themselves, not copies)."""

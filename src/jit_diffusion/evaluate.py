@@ -23,7 +23,7 @@ import torch
 from .device import resolve_device
 from .fileio import save_json
 from .frechet import StatsAccumulator, feature_stats, frechet_distance
-from .generate import add_sampling_args
+from .generate import add_sampling_args, compile_for_sampling
 from .loading import Source, open_source
 from .metrics import (
     INCEPTION_WEIGHTS_URL,
@@ -185,6 +185,7 @@ def _generate(args, plan: EvalPlan, models: Source, dist_info) -> dict[str, dict
     done = {}
     for ema in dict.fromkeys(s.ema for s in plan.settings):
         model, info = models.load(ema, dist_info.device)  # another weight set of the same file: swapped in memory
+        compile_for_sampling(model, dist_info.device, args.compile)
         for setting in [s for s in plan.settings if s.ema == ema]:
             samples_dir = plan.out_dir / setting.name / "samples"
             check_resume(samples_dir, _sampling_record(args, info, setting, plan), write=dist_info.is_main)

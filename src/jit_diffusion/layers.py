@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
+
 
 class RMSNorm(nn.Module):
     """RMSNorm with the statistics and the weight product in fp32, cast back to the input dtype."""
@@ -29,8 +31,10 @@ class RMSNorm(nn.Module):
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation: x * (1 + scale) + shift, with (B, D) conditioning broadcast over tokens."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """adaLN modulation: x * (1 + scale) + shift, with (B, D) conditioning broadcast over tokens.
+
+    Computed in fp32 and rounded once to x's dtype (identical ops when everything is fp32)."""
+    return (x.float() * (1 + scale.float().unsqueeze(1)) + shift.float().unsqueeze(1)).to(x.dtype)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
@@ -98,7 +102,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with qk-RMSNorm and 2-D RoPE, through SDPA."""
+    """Multi-head self-attention with qk-RMSNorm and 2-D RoPE, through SDPA.
+
+    On CUDA the norm and the rotation of q and k run as one Triton kernel each (see :mod:`kernels`)."""
 
     def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
@@ -116,8 +122,12 @@ class Attention(nn.Module):
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, nh, N, hd) each
-        q = apply_rope(self.q_norm(q), rope_cos, rope_sin).to(v.dtype)
-        k = apply_rope(self.k_norm(k), rope_cos, rope_sin).to(v.dtype)
+        if kernels.use_triton(q):  # one fused kernel each (CUDA): RMSNorm, weight, RoPE, one rounding
+            q = kernels.norm_rope(q, self.q_norm.weight, rope_cos, rope_sin, self.q_norm.eps)
+            k = kernels.norm_rope(k, self.k_norm.weight, rope_cos, rope_sin, self.k_norm.eps)
+        else:
+            q = apply_rope(self.q_norm(q), rope_cos, rope_sin).to(v.dtype)
+            k = apply_rope(self.k_norm(k), rope_cos, rope_sin).to(v.dtype)
         drop = self.attn_drop if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, nh, N, hd)
         out = out.transpose(1, 2).reshape(B, N, C)

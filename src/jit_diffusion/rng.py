@@ -4,7 +4,10 @@ The training noise, times, flips and label drops of the sample at position ``p``
 batch of step ``s`` are hashed from ``(seed, s, stream, p, element)`` with the SplitMix64 mixer, so
 they do not depend on how the global batch is split over processes or accumulation steps, nor on
 what ran before: one process and N processes see the same draws, and a resumed run needs no
-generator state to continue exactly. The hash runs as int64 tensor ops on the batch's device.
+generator state to continue exactly. The hash runs as int64 tensor ops on the batch's device, or,
+for CUDA tensors, as one Triton kernel per draw (:mod:`kernels`) that produces the same integer words.
+``step`` may also be a one-element int64 tensor on that device, so that a captured CUDA graph reads the
+current step at replay.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from . import kernels
 
 _MASK64 = (1 << 64) - 1
 
@@ -51,25 +56,39 @@ def _mix_int(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def _base_key(seed: int, step: int, stream: int) -> int:
+def _seed_key(seed: int) -> int:
+    return _i64(_mix_int(seed & _MASK64))
+
+
+def _base_key(seed: int, step: int | torch.Tensor, stream: int) -> int | torch.Tensor:
+    """mix(mix(mix(seed) ^ step) ^ stream) as a signed int64 (a 0-d tensor when ``step`` is one)."""
+    if isinstance(step, torch.Tensor):
+        seed_key = torch.tensor(_seed_key(seed), dtype=torch.int64, device=step.device)
+        return splitmix64(splitmix64(seed_key ^ step.reshape(()).to(torch.int64)) ^ stream)
     return _i64(_mix_int(_mix_int(_mix_int(seed & _MASK64) ^ (step & _MASK64)) ^ stream))
 
 
-def _bits(seed: int, step: int, stream: int, positions: torch.Tensor, numel: int) -> torch.Tensor:
+def _bits(seed: int, step: int | torch.Tensor, stream: int, positions: torch.Tensor, numel: int) -> torch.Tensor:
     """(B, numel) pseudo-random int64 words for the samples at ``positions`` (B,)."""
     sample_keys = splitmix64(positions.to(torch.int64) ^ _base_key(seed, step, stream))  # (B,)
-    counters = torch.arange(numel, device=positions.device, dtype=torch.int64) * _GOLDEN  # (numel,)
+    # the xor keeps the element index a value: Inductor would fold arange * constant into an index
+    # expression, where a 64-bit constant does not fit (int32 in Triton, wrong vector code on CPU)
+    counters = (torch.arange(numel, device=positions.device, dtype=torch.int64) ^ 0) * _GOLDEN  # (numel,)
     return splitmix64(sample_keys[:, None] + counters[None, :])  # (B, numel)
 
 
-def uniform(seed: int, step: int, stream: int, positions: torch.Tensor, numel: int = 1) -> torch.Tensor:
+def uniform(seed: int, step: int | torch.Tensor, stream: int, positions: torch.Tensor, numel: int = 1) -> torch.Tensor:
     """U(0, 1) fp32 values (B, numel), never exactly 0 or 1 (24-bit resolution)."""
+    if kernels.use_triton(positions):
+        return kernels.counter_draws("uniform", _seed_key(seed), step, stream, positions, numel)
     top24 = _srl(_bits(seed, step, stream, positions, numel), 40)
     return (top24.to(torch.float32) + 0.5) * (1.0 / 2**24)
 
 
-def normal(seed: int, step: int, stream: int, positions: torch.Tensor, numel: int) -> torch.Tensor:
+def normal(seed: int, step: int | torch.Tensor, stream: int, positions: torch.Tensor, numel: int) -> torch.Tensor:
     """N(0, 1) fp32 values (B, numel): Box-Muller on two 24-bit uniforms per word, both outputs used."""
+    if kernels.use_triton(positions):
+        return kernels.counter_draws("normal", _seed_key(seed), step, stream, positions, numel)
     words = _bits(seed, step, stream, positions, (numel + 1) // 2)
     u1 = (_srl(words, 40).to(torch.float32) + 0.5) * (1.0 / 2**24)
     u2 = ((_srl(words, 16) & 0xFFFFFF).to(torch.float32) + 0.5) * (1.0 / 2**24)

@@ -27,9 +27,10 @@ from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .ema import EMA
 from .errors import UserError
 from .fileio import save_json
+from .graphed_step import GraphedTrainStep
 from .model import JiT
 from .parallel import apply_fsdp
-from .train_config import TrainConfig, compiles, model_config, validate
+from .train_config import TrainConfig, compile_scope, compiles, model_config, validate
 from .train_data import Augment, KeyedStepSampler, StepBatchSampler, default_workers, make_loader
 from .train_flags import add_parser, config_from_args
 from .train_health import (
@@ -85,6 +86,7 @@ class Trainer:
             del ckpt
             if self.dist.is_main:
                 print(f"resumed from {self.resume_from} at step {self.step}")
+        self.graphed = self._graphed_step() if self.cfg.cuda_graph else None
         self.preview = PreviewGrid(self.cfg, self.raw_model, self.ema, self.dist, self.sharded, self.run_dir)
         self.writer = None
 
@@ -124,9 +126,9 @@ class Trainer:
         if ckpt is not None:
             self.model.load_state_dict(ckpt["model"], strict=True)  # full weights, before any sharding
         self.raw_model = self.model
-        if cfg.compile:
-            self.model.compile_blocks()
         self.sharded = self.dist.enabled and cfg.fsdp
+        if cfg.compile:
+            self.model.compile_model(compile_scope(self.sharded))
         self.train_model: nn.Module = self.model
         if self.sharded:
             self.train_model = apply_fsdp(self.model)
@@ -136,6 +138,13 @@ class Trainer:
         self.ema = EMA(self.model, cfg.ema_decays)
         self.optimizer = build_optimizer(self.model, cfg, self.device, self.sharded)
         torch.manual_seed(cfg.seed * self.dist.world_size + self.dist.rank)  # dropout masks: per-rank stream
+
+    def _graphed_step(self) -> GraphedTrainStep:
+        """``--cuda-graph``: the step on static buffers, captured after a few eager steps (eager on a CPU)."""
+        return GraphedTrainStep(model=self.train_model, raw_model=self.raw_model, objective=self.objective,
+                                augment=self.augment, optimizer=self.optimizer, ema=self.ema,
+                                positions=self._positions + self._first_position(0), use_bf16=self.use_bf16,
+                                grad_clip=self.cfg.grad_clip)  # fmt: skip
 
     def _loader(self) -> Iterator:
         cfg = self.cfg
@@ -171,6 +180,10 @@ class Trainer:
 
         Returns the detached mean loss on the device (no host synchronisation).
         """
+        if self.graphed is not None:
+            ((x_uint8, y),) = micro_batches
+            return self.graphed(x_uint8.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True),
+                                self.step, lr)  # fmt: skip
         set_learning_rate(self.optimizer, lr)
         accum = len(micro_batches)
         loss_sum = torch.zeros((), device=self.device)

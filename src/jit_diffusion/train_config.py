@@ -11,6 +11,7 @@ from .config import JiTConfig, preset_config
 from .device import check_precision
 from .errors import UserError
 from .flow import SPACES, FlowMatching
+from .sampling import METHODS
 from .train_signals import DEFAULT_SIGNALS, parse_signals
 
 _OBJECTIVE = FlowMatching()  # the objective's defaults are the run's defaults
@@ -70,9 +71,11 @@ class TrainConfig:
     sample_cfg: float = 1.0
     sample_interval: list[float] = field(default_factory=lambda: [0.1, 1.0])
     sample_steps: int = 50
+    sample_method: str = "heun"  # the grids' ODE solver (and the model's default solver)
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     compile: bool | None = None  # None: compile on CUDA; the run folder records what was done
+    cuda_graph: bool = False  # replay each training step as one CUDA graph (one process, no accumulation)
     fsdp: bool = False
     grad_checkpointing: bool = False
 
@@ -116,8 +119,13 @@ def model_config(cfg: TrainConfig, num_classes: int) -> JiTConfig:
 
 
 def compiles(cfg: TrainConfig, device: torch.device) -> bool:
-    """Whether the blocks get ``torch.compile``: on CUDA unless ``--no-compile``; never elsewhere."""
+    """Whether the model gets ``torch.compile``: on CUDA unless ``--no-compile``; never elsewhere."""
     return device.type == "cuda" and cfg.compile is not False
+
+
+def compile_scope(sharded: bool) -> str:
+    """The whole forward as one graph; per block under FSDP2 (which wraps each block)."""
+    return "blocks" if sharded else "model"
 
 
 def validate(cfg: TrainConfig, world_size: int) -> None:
@@ -135,6 +143,11 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     if cfg.max_bad_images is not None and cfg.max_bad_images < 0:
         raise UserError(f"--max-bad-images must be 0 or more, got {cfg.max_bad_images}")
     parse_signals(cfg.preempt_signals)  # names the flag when a signal is unknown
+    if cfg.sample_method not in METHODS:
+        raise UserError(f"--sample-method must be one of {', '.join(METHODS)}, got {cfg.sample_method!r}")
+    if cfg.cuda_graph and (world_size > 1 or cfg.grad_accum > 1):
+        raise UserError(f"--cuda-graph needs one process and --grad-accum 1 (got {world_size} processes, "
+                        f"--grad-accum {cfg.grad_accum})")  # fmt: skip
     if cfg.batch_size % (world_size * cfg.grad_accum):
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by processes x --grad-accum "
                         f"({world_size} x {cfg.grad_accum})")  # fmt: skip

@@ -62,7 +62,9 @@ FLAGS = [
     ("--sample-every", "sample_every", int, "write an EMA sample grid every N steps (default 1000, 0 = never)"),
     ("--sample-per-class", "sample_per_class", int, "images per class in the sample grids (default 8)"),
     ("--sample-cfg", "sample_cfg", float, "guidance weight of the sample grids (and the model's default)"),
-    ("--sample-steps", "sample_steps", int, "Heun steps of the sample grids (default 50)"),
+    ("--sample-steps", "sample_steps", int, "ODE steps of the sample grids (default 50)"),
+    ("--sample-method", "sample_method", str, "ODE solver of the sample grids and the model's default: heun "
+     "(default), euler, dpm++2m, dpm++3m, unipc"),
     ("--device", "device", str, "auto (default), cpu, cuda"),
     ("--precision", "precision", str, "auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 or fp32"),
 ]
@@ -81,9 +83,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     for flag, name, typ, help_text in FLAGS:
         p.add_argument(flag, dest=name, type=typ, default=None, help=help_text)
     p.add_argument("--compile", dest="compile", action="store_const", const=True, default=None,
-                   help="torch.compile each block (the default on CUDA; never on CPU)")
+                   help="torch.compile the model (the default on CUDA; never on CPU)")
     p.add_argument("--no-compile", dest="compile", action="store_const", const=False,
                    help="do not compile (faster start, slower steps)")
+    p.add_argument("--cuda-graph", dest="cuda_graph", action="store_const", const=True, default=None,
+                   help="replay each training step as one CUDA graph (one process, --grad-accum 1)")
     p.add_argument("--strict-data", dest="strict_data", action="store_const", const=True, default=None,
                    help="stop at the first image that does not decode instead of replacing it")
     p.add_argument("--fsdp", dest="fsdp", action="store_const", const=True, default=None,

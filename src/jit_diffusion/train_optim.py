@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -33,13 +34,31 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device, sharded: bool) -> torch.optim.AdamW:
-    """AdamW over ``model``'s (possibly sharded) parameters: the fused kernel on CUDA, foreach otherwise."""
+    """AdamW over ``model``'s (possibly sharded) parameters: the fused kernel on CUDA (capturable for
+    ``--cuda-graph``), foreach otherwise."""
+    groups, betas = param_groups(model, cfg.weight_decay), (cfg.beta1, cfg.beta2)
+    if cfg.cuda_graph:
+        return capturable_adamw(groups, cfg.lr_value(), betas, device)
     fast = {"fused": True} if device.type == "cuda" and not sharded else {"foreach": True}
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr_value(), betas=(cfg.beta1, cfg.beta2),
-                             **fast)  # fmt: skip
+    return torch.optim.AdamW(groups, lr=cfg.lr_value(), betas=betas, **fast)
+
+
+def capturable_adamw(groups: Iterable, lr: float, betas: tuple[float, float],
+                     device: torch.device) -> torch.optim.AdamW:  # fmt: skip
+    """Fused AdamW with its step counters and learning rate on ``device`` (CUDA-graph capturable).
+
+    On a CPU this is the plain foreach AdamW (the same update), so the graphed step can be tested there."""
+    if device.type != "cuda":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
+    lr_tensor = torch.tensor(lr, dtype=torch.float32, device=device)
+    return torch.optim.AdamW(groups, lr=lr_tensor, betas=betas, fused=True, capturable=True)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Use ``lr`` for every parameter group from the next step on."""
+    """Use ``lr`` for every parameter group from the next step on; in place when a group's lr is a tensor
+    (a captured CUDA graph keeps reading that tensor)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr

@@ -62,7 +62,7 @@ class PreviewGrid:
         with context as model, autocast_context(device, cfg.precision):
             was_training = model.training
             model.eval()
-            images = sample(model, noise, labels, steps=cfg.sample_steps, cfg=guidance,
+            images = sample(model, noise, labels, method=cfg.sample_method, steps=cfg.sample_steps, cfg=guidance,
                             cfg_interval=cfg.sample_interval, noise_scale=cfg.noise_scale, t_eps=cfg.t_eps,
                             prediction=cfg.prediction)  # fmt: skip
             model.train(was_training)
