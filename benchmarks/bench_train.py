@@ -23,8 +23,7 @@ from profile_buckets import EMA_LABEL, RNG_LABEL, bucket_trace, format_table, la
 
 from jit_diffusion import kernels
 from jit_diffusion.flops import forward_macs, peak_tflops, train_flops_per_image
-from jit_diffusion.graphed_step import GraphedTrainStep, capturable_adamw
-from jit_diffusion.train import TrainConfig, Trainer, model_config, param_groups
+from jit_diffusion.train import TrainConfig, Trainer, model_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -56,7 +55,8 @@ def build_step(args: argparse.Namespace):
     kernels.set_mode(args.kernels)
     cfg = TrainConfig(model=args.model, img_size=args.img_size, batch_size=args.batch_size, steps=10**9,
                       lr=1e-4, warmup_steps=0, device=args.device, precision=args.precision, compile=False,
-                      grad_checkpointing=args.grad_checkpointing, sample_every=0, out="/tmp/jit-bench-unused")
+                      cuda_graph=args.cuda_graph, grad_checkpointing=args.grad_checkpointing, sample_every=0,
+                      out="/tmp/jit-bench-unused")  # fmt: skip
     size = model_config(cfg, args.num_classes).input_size
     data = SyntheticDataset(args.batch_size, size, args.num_classes)
     trainer = Trainer(cfg, dataset=data)
@@ -65,20 +65,12 @@ def build_step(args: argparse.Namespace):
     batch = (data.images, torch.as_tensor(data.labels))
     if trainer.device.type == "cuda":
         batch = (batch[0].pin_memory(), batch[1].pin_memory())
-    graphed = None
-    if args.cuda_graph:
-        trainer.optimizer = capturable_adamw(param_groups(trainer.raw_model, cfg.weight_decay), cfg.lr_value(),
-                                             (cfg.beta1, cfg.beta2), trainer.device)  # fmt: skip
-        graphed = GraphedTrainStep(model=trainer.train_model, raw_model=trainer.raw_model, objective=trainer.objective,
-                                   augment=trainer.augment, optimizer=trainer.optimizer, ema=trainer.ema,
-                                   positions=trainer._arange + trainer._local_offset, use_bf16=trainer.use_bf16,
-                                   grad_clip=cfg.grad_clip, warmup_steps=1 + args.profile)  # fmt: skip
+    graphed = trainer.graphed  # --cuda-graph: the trainer's steps go through the static-buffer step
+    if graphed is not None:
+        graphed.warmup_steps = 1 + args.profile  # the profiled steps run eagerly, just before the capture
 
     def step():
-        if graphed is not None:
-            graphed(*batch, trainer.step, 1e-4)
-        else:
-            trainer.train_step([batch], 1e-4)
+        trainer.train_step([batch], 1e-4)
         trainer.step += 1
 
     return trainer, graphed, step

@@ -5,7 +5,9 @@
 #   3. training JiT-B/16 256 px batch 128 bf16, before (per-block compile, PyTorch ops, no graph) and
 #      after (whole-model compile, Triton kernels, CUDA graph), each with its per-bucket profile;
 #   4. Heun-50 CFG 2.9 sampling at batch 128 (static shapes), then 256/512/128 (one dynamic-batch graph);
-#   5. if time is left, the fast training path with the PyTorch ops instead of the Triton kernels.
+#   5. the CLI as users run it: `jit eval` of 1,024 images of a random-weight export, timed end to end
+#      (compile included; --metrics none, so it is generation only);
+#   6. if time is left, the fast training path with the PyTorch ops instead of the Triton kernels.
 # Each step is cut at its own limit and at the overall budget, so the script always ends in time.
 # Logs (one file per step), traces and summary.txt go to ${OUT:-/tmp/jit-gpu}.
 #   bash benchmarks/gpu_session.sh
@@ -42,10 +44,10 @@ step() {  # step NAME MAX_SECONDS COMMAND...: run with a limit that never passes
 cat "$out/gpu.txt"
 if [[ ${SMOKE:-0} == 1 ]]; then
   MODEL=(--model JiT-Ti/4 --img-size 16 --device cpu) TRAIN=(--batch-size 8 --steps 2 --warmup 1 --profile 1)
-  SAMPLE=(--steps 3) BATCHES=(8 8,16) COMPILE=none
+  SAMPLE=(--steps 3) BATCHES=(8 8,16) COMPILE=none EXPORT=JiT-Ti/4 EVAL=(--num 16 --steps 3 --device cpu)
 else
   MODEL=(--model JiT-B/16) TRAIN=(--batch-size 128 --steps 20 --warmup 5 --profile 3) SAMPLE=()
-  BATCHES=(128 256,512,128) COMPILE=model
+  BATCHES=(128 256,512,128) COMPILE=model EXPORT=JiT-B/16 EVAL=(--num 1024 --steps 50)
 fi
 step tests 100 $PY -m pytest -p no:cacheprovider -m "not slow" ../tests/test_fast_path.py ../tests/test_rng.py \
   ../tests/test_graphed_step.py
@@ -58,9 +60,15 @@ step sample_128 120 $PY bench_sample.py "${MODEL[@]}" "${SAMPLE[@]}" --batch-siz
   --compile $COMPILE --repeats 2
 step sample_batches 150 $PY bench_sample.py "${MODEL[@]}" "${SAMPLE[@]}" --batch-sizes "${BATCHES[1]}" --cfg 2.9 \
   --compile $COMPILE --dynamic-batch --repeats 1
+$PY -c "import sys; from jit_diffusion import create_model; from jit_diffusion.pretrained import save_pretrained
+save_pretrained(create_model(sys.argv[1], num_classes=1000), sys.argv[2], overwrite=True)" "$EXPORT" "$out/export" \
+  >"$out/export.txt" 2>&1
+step eval_cli 150 bash -c 'TIMEFORMAT="eval_cli: %R s end to end"; time "$@"' _ $PY -m jit_diffusion.cli eval \
+  "$out/export" "${EVAL[@]}" --cfg 2.9 --batch-size 128 --metrics none --out "$out/eval"
 # last, if time is left: the fast path without the Triton kernels (what the fused kernels add under compile)
 step train_after_no_kernels 150 $PY bench_train.py "${MODEL[@]}" "${TRAIN[@]}" --compile $COMPILE --cuda-graph \
   --kernels off --trace-dir "$out/traces" --label after-no-kernels
-grep -h -E "passed|failed|error|PASS|FAIL|^train:|^sample:|peak memory|^profile|^  [a-z+]+ +[0-9.]+ ms" \
-  "$out"/tests.txt "$out"/fast_path.txt "$out"/train_*.txt "$out"/sample_*.txt 2>/dev/null | tee "$out/summary.txt"
+grep -h -E "passed|failed|error|PASS|FAIL|^train:|^sample:|^eval_cli:|peak memory|^profile|^  [a-z+]+ +[0-9.]+ ms" \
+  "$out"/tests.txt "$out"/fast_path.txt "$out"/train_*.txt "$out"/sample_*.txt "$out"/eval_cli.txt 2>/dev/null \
+  | tee "$out/summary.txt"
 echo "total $(($(date +%s) - start)) s" | tee -a "$out/summary.txt"

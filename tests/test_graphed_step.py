@@ -83,13 +83,16 @@ def test_cuda_graph_flag_refuses_accumulation():
 
 def test_learning_rate_tensor_updated_in_place():
     model = torch.nn.Linear(3, 2)
-    opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-3))
+    opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-3), capturable=True)
     lr_tensor = opt.param_groups[0]["lr"]
     set_learning_rate(opt, 2.5e-4)
     assert opt.param_groups[0]["lr"] is lr_tensor and lr_tensor.item() == pytest.approx(2.5e-4)
     plain = torch.optim.AdamW(model.parameters(), lr=1e-3)
     set_learning_rate(plain, 3e-4)
     assert plain.param_groups[0]["lr"] == 3e-4
+    plain.param_groups[0]["lr"] = torch.tensor(1e-3)  # as loaded from a --cuda-graph run's checkpoint
+    set_learning_rate(plain, 2e-4)
+    assert plain.param_groups[0]["lr"] == 2e-4 and not isinstance(plain.param_groups[0]["lr"], torch.Tensor)
 
 
 def test_capturable_adamw_on_cpu_is_the_plain_update():

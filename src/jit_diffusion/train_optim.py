@@ -55,10 +55,11 @@ def capturable_adamw(groups: Iterable, lr: float, betas: tuple[float, float],
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Use ``lr`` for every parameter group from the next step on; in place when a group's lr is a tensor
-    (a captured CUDA graph keeps reading that tensor)."""
+    """Use ``lr`` for every parameter group from the next step on: in place in a capturable group's lr
+    tensor (a captured CUDA graph keeps reading it), a float otherwise (also where a checkpoint of a
+    ``--cuda-graph`` run put a tensor back)."""
     for group in optimizer.param_groups:
-        if isinstance(group["lr"], torch.Tensor):
+        if isinstance(group["lr"], torch.Tensor) and group.get("capturable", False):
             group["lr"].fill_(lr)
         else:
             group["lr"] = lr
