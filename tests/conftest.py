@@ -68,3 +68,19 @@ def make_image_folder(root: Path, num_classes: int = 4, per_class: int = 8, size
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "images")
+
+
+def lively_jit(config):
+    """A random JiT (``config`` is a JiTConfig) whose zero-initialised output layers get small random
+    weights, so that its images depend on the weights, the labels and the noise. Seeded (0)."""
+    import dataclasses
+
+    from jit_diffusion.model import JiT
+
+    torch.manual_seed(0)
+    model = JiT(**dataclasses.asdict(config))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("final_layer") or "adaLN" in name:
+                p.normal_(0, 0.05)
+    return model

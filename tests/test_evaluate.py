@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from conftest import lively_jit
 from PIL import Image
 
 from jit_diffusion import loading, metrics, sample_store
@@ -20,7 +21,7 @@ from jit_diffusion.cli import main
 from jit_diffusion.frechet import StatsAccumulator, feature_stats, frechet_distance
 from jit_diffusion.loading import open_source
 from jit_diffusion.metrics import InceptionFeatures, UInt8Images, inception_scores
-from jit_diffusion.model import JiT, JiTConfig
+from jit_diffusion.model import JiTConfig
 from jit_diffusion.sample_store import generate_chunks, sample_labels
 
 # ---------------------------------------------------------------------------------------------
@@ -204,12 +205,7 @@ CLASS_NAMES = ["blue", "green", "grey", "red"]  # sorted, as class folders are r
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """A training checkpoint of a tiny JiT with non-zero output layers (so samples differ per image)."""
-    torch.manual_seed(0)
-    model = JiT(**dataclasses.asdict(TINY))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("final_layer") or "adaLN" in name:
-                p.normal_(0, 0.05)
+    model = lively_jit(TINY)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     params = dict(model.named_parameters())
     ema = {e: {k: (v + 0.01 * i * torch.randn_like(v)).detach() for k, v in params.items()}

@@ -9,6 +9,7 @@ import stat
 import numpy as np
 import pytest
 import torch
+from conftest import lively_jit
 from safetensors.torch import load_file, save_file
 
 from jit_diffusion import JiT
@@ -31,12 +32,7 @@ KINDS = ["run", "latest", "step", "export", "official", *DIFFUSERS]
 @pytest.fixture(scope="module")
 def weights() -> dict[str, dict[str, torch.Tensor]]:
     """Three distinguishable weight sets with non-zero output layers (so images depend on them)."""
-    torch.manual_seed(0)
-    model = JiT(**dataclasses.asdict(CONFIG))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("final_layer") or "adaLN" in name:
-                p.normal_(0, 0.05)
+    model = lively_jit(CONFIG)
     raw = {k: v.clone() for k, v in model.state_dict().items()}
     params = [n for n, _ in model.named_parameters()]
     emas = {f"ema{i}": {k: raw[k] + 0.01 * i * torch.randn_like(raw[k]) for k in params} for i in (1, 2)}

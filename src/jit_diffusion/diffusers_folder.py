@@ -18,7 +18,6 @@ Written (:func:`save_diffusers`, ``jit convert --format diffusers-b0|diffusers-b
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from safetensors.torch import save_file
 
 from .config import JiTConfig, ModelInfo
 from .diffusers import a_prefix, detect_layout, diffusers_config, from_official, jit_config, layout_shapes, to_official
-from .fileio import atomic_folder, atomic_write_path, save_json
+from .fileio import atomic_folder, atomic_write_path, read_json_object, save_json
 from .model import JiT
 from .pretrained import FORMAT, build_model, check_state_dict, config_shapes, unwrap
 
@@ -43,22 +42,12 @@ _PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    return data
-
-
 def _optional_json(path: Path | None) -> dict[str, Any]:
-    return _read_json(path) if path is not None and path.is_file() else {}
+    return read_json_object(path) if path is not None and path.is_file() else {}
 
 
 def _shard_files(index_path: Path) -> tuple[list[Path], set[str]]:
-    weight_map = _read_json(index_path).get("weight_map")
+    weight_map = read_json_object(index_path).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{index_path} has no 'weight_map' object naming the shard of each tensor")
     files = []
@@ -151,7 +140,7 @@ class DiffusersFolder:
             raise ValueError(f"{folder / INDEX_FILE}: weight_map and the shards disagree on {odd}")
         self.stored = "/".join(sorted(_STORED[d] for d in dtypes))
         self.layout = detect_layout(self.shapes)
-        raw_config = _read_json(folder / "config.json")
+        raw_config = read_json_object(folder / "config.json")
         if self.layout is None:
             self._no_layout(raw_config)
         self.config = jit_config(raw_config, self.layout, str(folder / "config.json"))
@@ -222,7 +211,7 @@ def _class_names(root: Path, index: dict[str, Any], num_classes: int) -> list[st
         label_file = next((root / f for f in LABEL_FILES if (root / f).is_file()), None)
         if label_file is None:
             return None
-        source, id2label = label_file, _read_json(label_file)
+        source, id2label = label_file, read_json_object(label_file)
     if isinstance(id2label, list):
         id2label = dict(enumerate(id2label))
     try:

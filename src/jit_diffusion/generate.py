@@ -27,23 +27,15 @@ def generate(
     image_size: int,
     seed: int = 0,
     start_index: int = 0,
-    cfg: float = 1.0,
-    cfg_interval: Sequence[float] = (0.1, 1.0),
-    steps: int = 50,
-    method: str = "heun",
-    noise_scale: float = 1.0,
-    t_eps: float = 0.05,
-    prediction: str = "x",
-    grid: str = "auto",
-    shift: float | None = None,
-    final: str = "ode",
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     precision: str = "auto",
     progress: bool = False,
+    **sampler,
 ) -> np.ndarray:
-    """Sample one image per label; image k uses the noise of index ``start_index + k``. ``grid``, ``shift``
-    and ``final`` go to :func:`sampling.sample`.
+    """Sample one image per label; image k uses the noise of index ``start_index + k``. ``sampler`` are
+    :func:`sampling.sample`'s keywords (``method``, ``steps``, ``cfg``, ``cfg_interval``, ``noise_scale``,
+    ``t_eps``, ``prediction``, ``grid``, ``shift``, ``final``).
 
     Returns uint8 (N, H, W, 3).
     """
@@ -56,9 +48,7 @@ def generate(
         idx = range(start_index + lo, start_index + lo + len(y))
         noise = image_noise(idx, (model.in_channels, image_size, image_size), seed).to(device)
         with autocast_context(device, precision):
-            out = sample(model, noise, y, method=method, steps=steps, cfg=cfg, cfg_interval=cfg_interval,
-                         noise_scale=noise_scale, t_eps=t_eps, prediction=prediction, grid=grid, shift=shift,
-                         final=final)  # fmt: skip
+            out = sample(model, noise, y, **sampler)
         chunks.append(to_uint8(out))
     if not chunks:
         return np.zeros((0, image_size, image_size, 3), dtype=np.uint8)

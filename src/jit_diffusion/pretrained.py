@@ -14,7 +14,6 @@ Functions that build a model take the model class as an argument, so this module
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import JiTConfig, ModelInfo, find_preset
-from .fileio import atomic_folder, atomic_write_path, save_json
+from .fileio import atomic_folder, atomic_write_path, read_json_object, save_json
 
 FORMAT = "jit-diffusion/1"
 CONFIG_NAME = "config.json"
@@ -177,12 +176,7 @@ def read_pretrained_config(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (expected an export folder with {CONFIG_NAME})")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a JSON object")
+    config = read_json_object(path)
     fmt = config.get("format")
     if not (isinstance(fmt, str) and fmt.startswith("jit-diffusion/")):
         raise ValueError(f"{path} is not a jit-diffusion export (format {fmt!r}, expected {FORMAT!r})")
