@@ -5,9 +5,14 @@ import csv
 import json
 
 import numpy as np
+import pytest
 from test_evaluate import _eval, tiny_classifier, tiny_folder, tiny_run  # noqa: F401 (fixtures)
 
+from jit_diffusion.checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint
 from jit_diffusion.cli import main
+from jit_diffusion.errors import UserError
+from jit_diffusion.loading import load_model
+from jit_diffusion.train_config import TrainConfig, validate
 
 
 def test_sample_with_new_solver_grid_and_final(tiny_run, tmp_path):  # noqa: F811
@@ -45,3 +50,25 @@ def test_unknown_method_and_bad_steps_fail_in_one_line(tiny_run, tmp_path, capsy
     assert _eval(tiny_run, tmp_path / "b", "--num", "4", "--time-grid", "uniform", "--shift", "3",
                  "--metrics", "none") == 2  # fmt: skip
     assert "--shift applies to the shifted time grid" in capsys.readouterr().err
+
+
+def test_run_with_a_sample_method_makes_it_the_default(tiny_run, tmp_path):  # noqa: F811
+    """A run trained with --sample-method dpm++2m samples with dpm++2m when --method is not given."""
+    ckpt = read_checkpoint(latest_checkpoint(tiny_run))
+    ckpt["config"] = {**ckpt["config"], "sample_method": "dpm++2m"}
+    run = tmp_path / "run"
+    save_checkpoint(ckpt, run, 10)
+    assert load_model(run, device="cpu")[1].method == "dpm++2m"
+    images = {}
+    for name, extra in [("default", []), ("dpm", ["--method", "dpm++2m"]), ("heun", ["--method", "heun"])]:
+        npz = tmp_path / f"{name}.npz"
+        assert main(["sample", str(run), "--per-class", "1", "--steps", "4", "--device", "cpu", "--npz", str(npz),
+                     *extra]) == 0  # fmt: skip
+        images[name] = np.load(npz)["arr_0"]
+    assert np.array_equal(images["default"], images["dpm"])
+    assert not np.array_equal(images["default"], images["heun"])
+
+
+def test_unknown_sample_method_is_refused_before_training():
+    with pytest.raises(UserError, match="--sample-method must be one of"):
+        validate(TrainConfig(sample_method="rk45", steps=1), world_size=1)
