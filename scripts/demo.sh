@@ -13,8 +13,8 @@ echo "== 1/3 building the emoji dataset (16 classes, 32 px)"
 $JIT data emoji --img-size 32 --grid "$RUN/data.png"
 
 # JiT-Ti/8 at 32 px: 16 patch tokens of 8x8x3 = 192 values for a width-192 network (plus 8 in-context
-# class tokens); 110-240 img/s on 2 CPU cores (busy or quiet), 1,200-2,700 steps of 64 images in 12 minutes. Short runs need
-# short EMAs: 0.995 averages over ~200 steps.
+# class tokens); 110-240 img/s on 2 CPU cores (busy or quiet), 1,200-2,700 steps of 64 images in
+# 12 minutes. Short runs need short EMAs: 0.995 averages over ~200 steps.
 echo "== 2/3 training JiT-Ti/8 for at most $MINUTES minutes"
 $JIT train --model JiT-Ti/8 --data emoji --img-size 32 --batch-size 64 --lr 1e-3 --warmup-steps 200 \
   --steps 4000 --max-minutes "$MINUTES" --ema 0.995,0.999 --ckpt-every 500 --log-every 50 \
