@@ -70,6 +70,8 @@ class Trainer:
         self.preemption = Preemption(cfg.preempt_signals)
         if cfg.fsdp and not self.dist.enabled:
             print("--fsdp: single process, running without sharding")
+        if cfg.cuda_graph and self.device.type != "cuda" and self.dist.is_main:
+            print(f"--cuda-graph: no graphs on {self.device.type}, running the same step eagerly")
         self.resume_from = latest_checkpoint(self.run_dir) if resume else None
         if resume and self.resume_from is None and self.dist.is_main:
             print(f"--resume: no checkpoint in {self.run_dir}; starting a new run")
