@@ -7,13 +7,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import make_image_folder
-from test_train import ENV, TINY, _assert_bitwise_equal, _final_weights, _jit
+from test_train import ENV, TINY, _assert_bitwise_equal, _final_weights, _jit, _wait_for
 from test_train_parts import TinyImages, one_thread, tiny_config  # noqa: F401 (one_thread: autouse fixture)
 
 from jit_diffusion import cli
@@ -148,14 +147,6 @@ def test_data_cache_leaves_out_bad_files(tmp_path, capsys):
 
 
 # --- preemption -----------------------------------------------------------------------------------
-
-
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert proc.poll() is None, "training ended before it could be signalled"
-        assert time.time() < deadline
-        time.sleep(0.05)
 
 
 @pytest.mark.slow

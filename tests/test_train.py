@@ -41,6 +41,15 @@ def _assert_bitwise_equal(a: dict, b: dict):
             assert torch.equal(a[key][name], b[key][name]), f"{key}/{name} differs"
 
 
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until the training process ``proc`` has written ``path`` (it must still be running)."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, "training ended before it could be signalled"
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     data = make_image_folder(tmp_path / "data")
@@ -51,11 +60,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     run = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "jit_diffusion.cli", "train", *common, "--out", str(run)],
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (run / "checkpoints" / "step_00000004.pt").exists():
-        assert proc.poll() is None, "training ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
+    _wait_for(run / "checkpoints" / "step_00000004.pt", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     steps_done = read_checkpoint(latest_checkpoint(run))["step"]
