@@ -50,6 +50,11 @@ def test_unknown_method_and_bad_steps_fail_in_one_line(tiny_run, tmp_path, capsy
     assert _eval(tiny_run, tmp_path / "b", "--num", "4", "--time-grid", "uniform", "--shift", "3",
                  "--metrics", "none") == 2  # fmt: skip
     assert "--shift applies to the shifted time grid" in capsys.readouterr().err
+    for steps, message in [("10,x", "--steps expects comma-separated numbers like 10,20, got '10,x'"),
+                           (",", "--steps is empty"), ("0,10", "--steps must be >= 1, got 0")]:  # fmt: skip
+        assert _eval(tiny_run, tmp_path / "c", "--num", "4", "--steps", steps, "--metrics", "none") == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err
 
 
 def test_run_with_a_sample_method_makes_it_the_default(tiny_run, tmp_path):  # noqa: F811

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ from .metrics import (
 )
 from .sample_store import check_resume, generate_chunks, iter_chunks, sample_labels, write_adm_npz
 from .sampling import METHODS, network_evaluations, resolve_grid, sampling_times
-from .sweep import Setting, format_value, parse_floats, sweep_settings, write_sweep
+from .sweep import Setting, format_value, parse_list, sweep_settings, write_sweep
 
 # the names tests and scripts have imported from here since before the split
 __all__ = ["INCEPTION_WEIGHTS_URL", "InceptionFeatures", "StatsAccumulator", "UInt8Images", "add_cli",
@@ -130,7 +131,7 @@ def _image_count(args: argparse.Namespace, num_classes: int) -> int:
     return num
 
 
-def _plan(args, metrics: list[str], cfgs: list[float] | None, emas: list[str], models: Source, info,
+def _plan(args, metrics: list[str], axes: SweepAxes, emas: list[str], models: Source, info,
           verbose: bool) -> EvalPlan:  # fmt: skip
     """The sweep's settings, the images' labels and the sampling interval; fails on a missing reference."""
     data = args.data or models.data
@@ -139,7 +140,7 @@ def _plan(args, metrics: list[str], cfgs: list[float] | None, emas: list[str], m
     if needs_classifier(metrics) and not (args.classifier or data):
         raise ValueError("fd-emoji/acc need the dataset: pass --data SPEC or --classifier PATH")
     num = _image_count(args, info.num_classes)
-    cfgs = cfgs or [info.cfg]
+    cfgs = axes.cfgs or [info.cfg]
     if info.num_classes == 0 and cfgs != [1.0]:
         if verbose:
             print("unconditional model: CFG does not apply, using cfg 1")
@@ -147,19 +148,32 @@ def _plan(args, metrics: list[str], cfgs: list[float] | None, emas: list[str], m
     if info.num_classes == 0 and "acc" in metrics and verbose:
         print("unconditional model: class accuracy does not apply, skipping acc")
     interval = tuple(args.interval) if args.interval is not None else tuple(info.cfg_interval)
-    settings = sweep_settings(emas, cfgs, args.method or [info.method], args.steps)
+    settings = sweep_settings(emas, cfgs, axes.methods or [info.method], axes.steps)
     return EvalPlan(metrics, settings, sample_labels(num, info.num_classes), interval, data, str(models.file),
                     Path(args.out))  # fmt: skip
 
 
-def _check_sampler_flags(args: argparse.Namespace) -> None:
-    """Unknown solvers, bad step counts and a --time-grid/--shift clash fail before any sampling."""
-    for method in args.method or []:
+class SweepAxes(NamedTuple):
+    """The comma lists of --cfg, --method and --steps (None: the model's default)."""
+
+    cfgs: list[float] | None
+    methods: list[str] | None
+    steps: list[int]
+
+
+def _sweep_axes(args: argparse.Namespace) -> SweepAxes:
+    """Parse the sweep's lists; unknown solvers, bad step counts and a --time-grid/--shift clash fail here,
+    before any sampling."""
+    axes = SweepAxes(cfgs=parse_list(args.cfg, "--cfg", float, "1.5,2.0") if args.cfg else None,
+                     methods=parse_list(args.method, "--method") if args.method else None,
+                     steps=parse_list(args.steps, "--steps", int, "10,20"))  # fmt: skip
+    for method in axes.methods or []:
         if method not in METHODS:
             raise ValueError(f"--method: unknown solver {method!r}; choose from {', '.join(METHODS)}")
         resolve_grid(method, args.time_grid, args.shift)
-    if min(args.steps) < 1:
-        raise ValueError(f"--steps must be >= 1, got {min(args.steps)}")
+    if min(axes.steps) < 1:
+        raise ValueError(f"--steps must be >= 1, got {min(axes.steps)}")
+    return axes
 
 
 def _sampling_record(args, info, setting: Setting, plan: EvalPlan) -> dict:
@@ -261,8 +275,7 @@ def _score(args, plan: EvalPlan, setting: Setting, scorer: Scorer, info, run: di
 def run_eval(args: argparse.Namespace) -> None:
     """``jit eval``: generate every setting's samples (sharded over torchrun ranks), then score them on rank 0."""
     metrics = parse_metrics(args.metrics)
-    cfgs = parse_floats(args.cfg, "--cfg") if args.cfg else None
-    _check_sampler_flags(args)
+    axes = _sweep_axes(args)
     weights_path = inception_weights(args.inception_weights) if needs_inception(metrics) else None
     _check_flags(args, metrics)
     dist_info = _distributed(args.device)
@@ -270,7 +283,7 @@ def run_eval(args: argparse.Namespace) -> None:
     emas = [e.strip() for e in (args.ema or "").split(",") if e.strip()] or [models.default_weights]
     models.check(emas)
     _, info = models.load(emas[0], dist_info.device)
-    plan = _plan(args, metrics, cfgs, emas, models, info, verbose=dist_info.is_main)
+    plan = _plan(args, metrics, axes, emas, models, info, verbose=dist_info.is_main)
     generation = _generate(args, plan, models, dist_info)
     from .distributed import barrier, cleanup
 

@@ -109,23 +109,11 @@ def parse_interval(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def parse_list(text: str, flag: str, kind=str) -> list:
-    """``"10,20"`` -> [10, 20] (``kind`` converts each item); a one-line error naming ``flag`` otherwise."""
-    try:
-        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise ValueError(f"{flag} expects a comma-separated list, got {text!r}") from err
-    if not values:
-        raise ValueError(f"{flag} is empty")
-    return values
-
-
 def add_sampling_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     """Sampler flags shared by ``jit sample`` and ``jit eval`` (``sweep``: --steps and --method take lists)."""
     if sweep:
-        p.add_argument("--steps", type=lambda v: parse_list(v, "--steps", int), default=[50],
-                       help="ODE steps, comma list for a sweep (default 50)")
-        p.add_argument("--method", type=lambda v: parse_list(v, "--method"), default=None,
+        p.add_argument("--steps", default="50", help="ODE steps, comma list for a sweep (default 50)")
+        p.add_argument("--method", default=None,
                        help=f"ODE solver(s), comma list for a sweep: {', '.join(METHODS)} (default: the model's, "
                             "usually heun)")  # fmt: skip
     else:

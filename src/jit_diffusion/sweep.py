@@ -53,12 +53,13 @@ def sweep_settings(emas: Sequence[str], cfgs: Sequence[float], methods: Sequence
     return [Setting(*values, name_sampler=name_sampler) for values in itertools.product(emas, cfgs, methods, steps)]
 
 
-def parse_floats(text: str, flag: str) -> list[float]:
-    """``"1.5,2.0"`` -> [1.5, 2.0]; a one-line error naming ``flag`` otherwise."""
+def parse_list(text: str, flag: str, kind=str, example: str = "") -> list:
+    """``"10,20"`` -> [10, 20] (``kind`` converts each item); a one-line error naming ``flag`` (and an
+    ``example`` of numbers it takes) otherwise."""
     try:
-        values = [float(v) for v in text.split(",") if v.strip()]
+        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
     except ValueError as err:
-        raise ValueError(f"{flag} expects comma-separated numbers like 1.5,2.0, got {text!r}") from err
+        raise ValueError(f"{flag} expects comma-separated numbers like {example}, got {text!r}") from err
     if not values:
         raise ValueError(f"{flag} is empty")
     return values
