@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from jit_diffusion.graphed_step import GraphedTrainStep
+from jit_diffusion.parallel import load_optimizer_state
 from jit_diffusion.train import TrainConfig, Trainer, param_groups
 from jit_diffusion.train_optim import capturable_adamw, set_learning_rate
 
@@ -83,16 +84,33 @@ def test_cuda_graph_flag_refuses_accumulation():
 
 def test_learning_rate_tensor_updated_in_place():
     model = torch.nn.Linear(3, 2)
-    opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-3), capturable=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-3))
     lr_tensor = opt.param_groups[0]["lr"]
     set_learning_rate(opt, 2.5e-4)
     assert opt.param_groups[0]["lr"] is lr_tensor and lr_tensor.item() == pytest.approx(2.5e-4)
     plain = torch.optim.AdamW(model.parameters(), lr=1e-3)
     set_learning_rate(plain, 3e-4)
     assert plain.param_groups[0]["lr"] == 3e-4
-    plain.param_groups[0]["lr"] = torch.tensor(1e-3)  # as loaded from a --cuda-graph run's checkpoint
-    set_learning_rate(plain, 2e-4)
-    assert plain.param_groups[0]["lr"] == 2e-4 and not isinstance(plain.param_groups[0]["lr"], torch.Tensor)
+
+
+def test_resume_keeps_the_optimizers_own_kernel_settings():
+    """A checkpoint of a plain run loads into a capturable optimizer (and the other way round) without
+    changing how the loading optimizer steps; the learnt state is loaded exactly."""
+    model = torch.nn.Linear(3, 2)
+    plain = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    model(torch.randn(4, 3)).sum().backward()
+    plain.step()
+    lr_tensor = torch.tensor(5e-4)
+    graphed = torch.optim.AdamW(model.parameters(), lr=lr_tensor, capturable=True)
+    load_optimizer_state(model, graphed, plain.state_dict(), sharded=False)
+    group = graphed.param_groups[0]
+    assert group["capturable"] and isinstance(group["lr"], torch.Tensor) and torch.equal(group["lr"], lr_tensor)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(graphed.state[model.weight][key], plain.state[model.weight][key])
+    fresh = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    load_optimizer_state(model, fresh, graphed.state_dict(), sharded=False)
+    group = fresh.param_groups[0]
+    assert not group["capturable"] and group["foreach"] and group["lr"] == 1e-3
 
 
 def test_capturable_adamw_on_cpu_is_the_plain_update():

@@ -20,13 +20,6 @@ from torch import nn
 from .train_optim import set_learning_rate
 
 
-def _learning_rate_tensors(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    """Make every group's lr a device tensor (``load_state_dict`` may have put a float back)."""
-    for group in optimizer.param_groups:
-        if not isinstance(group["lr"], torch.Tensor):
-            group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
-
-
 class GraphedTrainStep:
     """``step(x_uint8, y, step, lr) -> loss``: one optimizer step with the trainer's math.
 
@@ -97,7 +90,6 @@ class GraphedTrainStep:
         torch.cuda.current_stream(self.device).wait_stream(side)
 
     def _capture(self) -> None:
-        _learning_rate_tensors(self.optimizer, self.device)
         if not all(group.get("capturable", False) for group in self.optimizer.param_groups):
             raise ValueError("a CUDA-graph step needs an optimizer built with capturable=True "
                              "(see train_optim.capturable_adamw)")  # fmt: skip

@@ -62,8 +62,16 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sharded:
                                                                                cpu_offload=True))
 
 
+# what an optimizer was built with rather than what it learnt: a resumed run keeps its own (a run saved with
+# --cuda-graph may resume without it, or under FSDP without it, and the other way round)
+KERNEL_SETTINGS = ("capturable", "fused", "foreach", "lr")
+
+
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, sharded: bool) -> None:
-    """Load a full optimizer state dict, re-sharding it under FSDP."""
+    """Load a full optimizer state dict, re-sharding it under FSDP; every group keeps this optimizer's
+    ``KERNEL_SETTINGS`` (the schedule sets the learning rate before each step)."""
+    own = [{k: group[k] for k in KERNEL_SETTINGS if k in group} for group in optimizer.param_groups]
+    state = {**state, "param_groups": [{**saved, **mine} for saved, mine in zip(state["param_groups"], own)]}
     if not sharded:
         optimizer.load_state_dict(state)
         return

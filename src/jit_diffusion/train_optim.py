@@ -55,11 +55,10 @@ def capturable_adamw(groups: Iterable, lr: float, betas: tuple[float, float],
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Use ``lr`` for every parameter group from the next step on: in place in a capturable group's lr
-    tensor (a captured CUDA graph keeps reading it), a float otherwise (also where a checkpoint of a
-    ``--cuda-graph`` run put a tensor back)."""
+    """Use ``lr`` for every parameter group from the next step on; in place when a group's lr is a tensor
+    (a capturable optimizer's: a captured CUDA graph keeps reading that tensor)."""
     for group in optimizer.param_groups:
-        if isinstance(group["lr"], torch.Tensor) and group.get("capturable", False):
+        if isinstance(group["lr"], torch.Tensor):
             group["lr"].fill_(lr)
         else:
             group["lr"] = lr
