@@ -20,6 +20,26 @@ from torch import nn
 from .train_optim import set_learning_rate
 
 
+def micro_batch_backward(model: nn.Module, objective: Callable, augment: Callable, x_uint8: torch.Tensor,
+                         y: torch.Tensor, step, positions: torch.Tensor, use_bf16: bool,
+                         accum: int = 1) -> torch.Tensor:  # fmt: skip
+    """The draws, forward and loss of one micro-batch, then the backward pass of loss / ``accum``; returns
+    the loss (shared by this step and ``Trainer.train_step``)."""
+    x, y, t, noise = augment(x_uint8, y, step, positions)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        loss = objective(model, x, y, t=t, noise=noise, label_dropout=False)
+    (loss / accum).backward()
+    return loss
+
+
+def apply_update(raw_model: nn.Module, optimizer: torch.optim.Optimizer, ema, grad_clip: float) -> None:
+    """Gradient clipping (foreach on CUDA: no sync), the optimizer step and every EMA update."""
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+    optimizer.step()
+    ema.update(raw_model)
+
+
 class GraphedTrainStep:
     """``step(x_uint8, y, step, lr) -> loss``: one optimizer step with the trainer's math.
 
@@ -50,14 +70,9 @@ class GraphedTrainStep:
 
     def _body(self) -> None:
         """Everything the graph holds; reads only the static buffers."""
-        x, y, t, noise = self.augment(self._x, self._y, self._step, self.positions)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            loss = self.objective(self.model, x, y, t=t, noise=noise, label_dropout=False)
-        loss.backward()
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.grad_clip)  # foreach on CUDA: no sync
-        self.optimizer.step()
-        self.ema.update(self.raw_model)
+        loss = micro_batch_backward(self.model, self.objective, self.augment, self._x, self._y, self._step,
+                                    self.positions, self.use_bf16)  # fmt: skip
+        apply_update(self.raw_model, self.optimizer, self.ema, self.grad_clip)
         self._loss.copy_(loss.detach())
 
     def __call__(self, x_uint8: torch.Tensor, y: torch.Tensor, step: int, lr: float) -> torch.Tensor:

@@ -27,7 +27,7 @@ from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .ema import EMA
 from .errors import UserError
 from .fileio import save_json
-from .graphed_step import GraphedTrainStep
+from .graphed_step import GraphedTrainStep, apply_update, micro_batch_backward
 from .model import JiT
 from .parallel import apply_fsdp
 from .train_config import TrainConfig, compile_scope, compiles, model_config, validate
@@ -184,8 +184,7 @@ class Trainer:
         """
         if self.graphed is not None:
             ((x_uint8, y),) = micro_batches
-            return self.graphed(x_uint8.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True),
-                                self.step, lr)  # fmt: skip
+            return self.graphed(x_uint8, y, self.step, lr)  # copies the host batch into the graph's buffers
         set_learning_rate(self.optimizer, lr)
         accum = len(micro_batches)
         loss_sum = torch.zeros((), device=self.device)
@@ -193,18 +192,13 @@ class Trainer:
             x_uint8 = x_uint8.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             positions = self._positions + self._first_position(a)  # (micro,) positions in the global batch
-            x, y, t, noise = self.augment(x_uint8, y, self.step, positions)
             defer_sync = self.dist.enabled and not self.cfg.fsdp and a < accum - 1  # DDP: all-reduce on the last
             with self.train_model.no_sync() if defer_sync else contextlib.nullcontext():
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-                    loss = self.objective(self.train_model, x, y, t=t, noise=noise, label_dropout=False)
-                (loss / accum).backward()
+                loss = micro_batch_backward(self.train_model, self.objective, self.augment, x_uint8, y, self.step,
+                                            positions, self.use_bf16, accum)  # fmt: skip
             loss_sum += loss.detach() / accum
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+        apply_update(self.raw_model, self.optimizer, self.ema, self.cfg.grad_clip)
         self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(self.raw_model)
         return loss_sum
 
     def run(self) -> dict:
