@@ -72,12 +72,8 @@ def broadcast_object(obj, info: DistInfo, src: int = 0):
 
 
 def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Mean over ranks (in place on a copy)."""
-    if not info.enabled:
-        return tensor
-    out = tensor.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / info.world_size
+    """Mean over ranks (on a copy)."""
+    return all_reduce_sum(tensor, info) / info.world_size if info.enabled else tensor
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:

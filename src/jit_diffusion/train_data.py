@@ -23,7 +23,6 @@ from .flow import FlowMatching
 from .image_folder import BAD_IMAGE_ERRORS, CorruptImageError, failure_reason
 from .train_signals import ignore_signals
 
-STREAM_SUBSTITUTE = 5  # the rng stream of substitute picks (rng.py's streams are 1-4)
 MAX_SUBSTITUTE_TRIES = 16
 
 
@@ -126,7 +125,7 @@ class SubstitutingDataset(torch.utils.data.Dataset):
         others = self._members[label][self._members[label] != index]
         if len(others) == 0:
             return None
-        u = rng.uniform(self.seed, step, STREAM_SUBSTITUTE, torch.tensor([position]), attempt + 1)[0, attempt]
+        u = rng.uniform(self.seed, step, rng.STREAM_SUBSTITUTE, torch.tensor([position]), attempt + 1)[0, attempt]
         return int(others[min(int(u * len(others)), len(others) - 1)])
 
     def __getitem__(self, key: tuple[int, int, int]):

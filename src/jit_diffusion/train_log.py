@@ -17,14 +17,17 @@ class LogWindow:
     def __init__(self, device: torch.device, images_per_step: int):
         self.images_per_step = images_per_step
         self.loss_sum = torch.zeros((), device=device)
-        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self.steps = 0
         self.start = time.perf_counter()
 
     def add(self, loss: torch.Tensor) -> None:
         self.loss_sum += loss
-        self.nonfinite |= ~torch.isfinite(loss)
         self.steps += 1
+
+    @property
+    def nonfinite(self) -> torch.Tensor:
+        """Whether a loss of the window was NaN or infinite (both carry through the sum), on the device."""
+        return ~torch.isfinite(self.loss_sum)
 
     def restart_clock(self) -> None:
         """Keep img/s about training only (call after checkpoints and sample grids)."""

@@ -41,7 +41,6 @@ class Preemption:
     def __init__(self, signals: str | None = DEFAULT_SIGNALS):
         self.signals = parse_signals(signals)
         self.received: str | None = None  # name of the first signal
-        self.count = 0
         self._previous: dict[signal.Signals, object] = {}
 
     @property
@@ -49,7 +48,6 @@ class Preemption:
         return self.received is not None
 
     def _handle(self, signum: int, frame) -> None:
-        self.count += 1
         if self.received is None:
             self.received = signal.Signals(signum).name
 
