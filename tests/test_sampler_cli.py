@@ -12,6 +12,7 @@ from jit_diffusion.checkpoint import latest_checkpoint, read_checkpoint, save_ch
 from jit_diffusion.cli import main
 from jit_diffusion.errors import UserError
 from jit_diffusion.loading import load_model
+from jit_diffusion.sample_store import check_resume
 from jit_diffusion.train_config import TrainConfig, validate
 
 
@@ -77,3 +78,15 @@ def test_run_with_a_sample_method_makes_it_the_default(tiny_run, tmp_path):  # n
 def test_unknown_sample_method_is_refused_before_training():
     with pytest.raises(UserError, match="--sample-method must be one of"):
         validate(TrainConfig(sample_method="rk45", steps=1), world_size=1)
+
+
+def test_resume_refuses_a_setting_named_only_in_the_old_folder(tmp_path):
+    """Settings at their default are left out of the record, so a folder made with --time-grid logsnr must
+    not take samples from a rerun without it (nor the other way round)."""
+    check_resume(tmp_path / "a", {"model": "x", "method": "heun", "time_grid": "logsnr"}, write=True)
+    with pytest.raises(ValueError, match=r"other settings \(time_grid\)"):
+        check_resume(tmp_path / "a", {"model": "y", "method": "heun"}, write=True)
+    check_resume(tmp_path / "a", {"model": "y", "method": "heun", "time_grid": "logsnr"}, write=True)
+    check_resume(tmp_path / "b", {"model": "x", "method": "heun"}, write=True)
+    with pytest.raises(ValueError, match=r"other settings \(final\)"):
+        check_resume(tmp_path / "b", {"model": "x", "method": "heun", "final": "denoise"}, write=True)

@@ -38,15 +38,21 @@ def chunk_path(samples_dir: Path, k: int) -> Path:
     return samples_dir / f"chunk_{k:05d}.npz"
 
 
-def chunk_complete(path: Path, expected: int) -> bool:
-    """Whether ``path`` is a readable chunk of ``expected`` images and labels."""
+def read_chunk(path: Path, expected: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(images, labels) of ``path`` if it is a readable chunk of ``expected`` images and labels, else None."""
     if not path.is_file():
-        return False
+        return None
     try:
         with np.load(path) as f:
-            return len(f["labels"]) == expected and f["arr_0"].shape[0] == expected
+            images, labels = f["arr_0"], f["labels"]
     except Exception:  # noqa: BLE001 - unreadable: regenerate it
-        return False
+        return None
+    return (images, labels) if len(labels) == expected and images.shape[0] == expected else None
+
+
+def chunk_complete(path: Path, expected: int) -> bool:
+    """Whether ``path`` is a readable chunk of ``expected`` images and labels."""
+    return read_chunk(path, expected) is not None
 
 
 def check_resume(samples_dir: Path, settings: dict, write: bool) -> None:
@@ -55,7 +61,8 @@ def check_resume(samples_dir: Path, settings: dict, write: bool) -> None:
     path = samples_dir / SETTINGS_FILE
     if path.is_file():
         old = json.loads(path.read_text())
-        changed = sorted(k for k in settings if old.get(k) != settings[k] and k != "model")
+        # both ways: a setting named only when it is not the default (time_grid, final) may be on either side
+        changed = sorted(k for k in settings.keys() | old.keys() if old.get(k) != settings.get(k) and k != "model")
         if changed:
             raise ValueError(f"{samples_dir} holds samples made with other settings ({', '.join(changed)}): "
                              "use another --out or delete that folder")  # fmt: skip
@@ -105,10 +112,10 @@ def iter_chunks(samples_dir: str | Path, num: int, chunk_size: int) -> Iterator[
     for k in range(math.ceil(num / chunk_size)):
         path = chunk_path(samples_dir, k)
         expected = min(num, (k + 1) * chunk_size) - k * chunk_size
-        if not chunk_complete(path, expected):
+        chunk = read_chunk(path, expected)
+        if chunk is None:
             raise FileNotFoundError(f"sample chunk {path} is missing or incomplete: rerun the same command")
-        with np.load(path) as f:
-            yield f["arr_0"], f["labels"]
+        yield chunk
 
 
 def write_adm_npz(path: str | Path, chunks: Iterable[tuple[np.ndarray, np.ndarray]], num: int) -> Path:
