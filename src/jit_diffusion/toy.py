@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .flow import SPACES, FlowMatching, convert
-from .sampling import solve, time_grid
+from .sampling import sampling_times, solve
 from .toy_report import cell_key, curve_distance, format_table, plot_grid, sliced_wasserstein
 
 # the objective's path fields, written flat into the saved configuration
@@ -203,14 +203,14 @@ def generate(model: ToyMLP, cfg: ToyConfig, prediction: str, num: int, seed: int
     """Integrate the learned ODE from z = noise_scale * N(0, I) at t = 0 to t = 1; returns (num, D)."""
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(num, model.dim, generator=gen) * cfg.objective.noise_scale
-    times = time_grid(cfg.sample_steps)
+    times = sampling_times(cfg.sample_method, cfg.sample_steps, t_eps=cfg.objective.t_eps)  # uniform for heun
 
     def velocity(z_t: torch.Tensor, t: torch.Tensor, weight: float) -> torch.Tensor:
         t_rows = t.expand(z_t.shape[0])  # (B,)
         out = model(z_t, t_rows)
         return convert(out, z_t, t_rows, prediction, "v", cfg.objective.t_eps)
 
-    return solve(velocity, z, times, [1.0] * len(times), method=cfg.sample_method)
+    return solve(velocity, z, times, [1.0] * len(times), method=cfg.sample_method, t_eps=cfg.objective.t_eps)
 
 
 # --- the grid -----------------------------------------------------------------------------------
