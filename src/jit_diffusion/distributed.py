@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -29,8 +30,9 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Read RANK/WORLD_SIZE/LOCAL_RANK set by torchrun; init NCCL on GPUs, gloo on CPU.
+def init_distributed(device: str = "auto", timeout: timedelta | None = None) -> DistInfo:
+    """Read RANK/WORLD_SIZE/LOCAL_RANK set by torchrun; init NCCL on GPUs, gloo on CPU (collectives wait
+    up to ``timeout``, default PyTorch's).
 
     Works for one node or many (torchrun's rendezvous provides MASTER_ADDR/PORT). Without those
     variables this is a single process on ``device`` (``auto``: cuda if available, else cpu).
@@ -44,7 +46,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
+        dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None,
+                                **({"timeout": timeout} if timeout is not None else {}))  # fmt: skip
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 

@@ -11,7 +11,6 @@ generated: without Inception weights the command stops at once.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from .device import resolve_device
+from .distributed import barrier, cleanup, init_distributed
 from .fileio import save_json
 from .frechet import StatsAccumulator, feature_stats, frechet_distance
 from .generate import add_sampling_args, compile_for_sampling
@@ -75,24 +75,6 @@ class EvalPlan:
     @property
     def classifier(self) -> bool:
         return needs_classifier(self.metrics)
-
-
-def _distributed(device_arg: str):
-    """torchrun setup with a long barrier timeout (ranks can be unbalanced when resuming)."""
-    import torch.distributed as dist
-
-    from .distributed import init_distributed
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dev = resolve_device(device_arg)
-        kwargs = {}
-        if dev.type == "cuda":
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(dev)
-            kwargs["device_id"] = dev
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(hours=12), **kwargs)
-    return init_distributed(device_arg)
 
 
 def _check_data_spec(spec: str | None, what: str) -> None:
@@ -278,15 +260,13 @@ def run_eval(args: argparse.Namespace) -> None:
     axes = _sweep_axes(args)
     weights_path = inception_weights(args.inception_weights) if needs_inception(metrics) else None
     _check_flags(args, metrics)
-    dist_info = _distributed(args.device)
+    dist_info = init_distributed(args.device, timeout=timedelta(hours=12))  # ranks can be unbalanced when resuming
     models = open_source(args.model_path)
     emas = [e.strip() for e in (args.ema or "").split(",") if e.strip()] or [models.default_weights]
     models.check(emas)
     _, info = models.load(emas[0], dist_info.device)
     plan = _plan(args, metrics, axes, emas, models, info, verbose=dist_info.is_main)
     generation = _generate(args, plan, models, dist_info)
-    from .distributed import barrier, cleanup
-
     barrier(dist_info)
     if not dist_info.is_main:
         cleanup(dist_info)
