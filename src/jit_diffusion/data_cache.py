@@ -56,16 +56,31 @@ def _item_name(dataset: Dataset, index: int) -> str:
 
 
 def _shrink(npy: Path, count: int) -> None:
-    """Keep the first ``count`` images of an (N, 3, H, W) .npy file, copying in chunks."""
-    old = np.load(npy, mmap_mode="r")
-    short = npy.with_name("short.npy")
-    new = np.lib.format.open_memmap(short, mode="w+", dtype=np.uint8, shape=(count, *old.shape[1:]))
-    for lo in range(0, count, 1024):
-        hi = min(lo + 1024, count)
-        new[lo:hi] = old[lo:hi]
-    new.flush()
-    del new, old
-    os.replace(short, npy)
+    """Keep the first ``count`` rows of a C-order .npy file in place: rewrite the shape in the header
+    (padded to its old length, so the data offset and its alignment stay) and truncate the file.
+
+    Not atomic on its own: :func:`build_cache` calls it inside the temporary folder that is renamed into
+    place only once the cache is complete, so a crash here never leaves a published half-shrunk cache."""
+    with open(npy, "r+b") as f:
+        version = np.lib.format.read_magic(f)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            raise ValueError(f"{npy}: .npy format version {version} is not supported here")
+        shape, fortran_order, dtype = readers[version](f)
+        if fortran_order or not 0 < count <= shape[0]:
+            raise ValueError(f"{npy}: cannot shrink a {shape} array to {count} rows")
+        data_offset = f.tell()
+        text_start = 6 + 2 + (2 if version == (1, 0) else 4)  # magic, version, header-length field
+        descr = np.lib.format.dtype_to_descr(dtype)
+        fields = {"descr": descr, "fortran_order": False, "shape": (int(count), *shape[1:])}
+        text = repr(fields)[:-1] + ", }"  # "{'descr': '|u1', 'fortran_order': False, 'shape': (...), }"
+        room = data_offset - text_start - 1  # the header text ends in a newline
+        if len(text) > room:
+            raise ValueError(f"{npy}: the new header does not fit the old one")
+        f.seek(text_start)
+        f.write((text.ljust(room) + "\n").encode("latin1"))
+        row_bytes = dtype.itemsize * int(np.prod(shape[1:]))
+        f.truncate(data_offset + count * row_bytes)
 
 
 def _fill(dataset: Dataset, images: np.ndarray, labels: np.ndarray, loader: DataLoader, bar) -> list[dict]:
