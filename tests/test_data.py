@@ -14,7 +14,9 @@ from jit_diffusion.data import (
     center_crop_arr,
     load_dataset,
     to_rgb,
+    write_cache,
 )
+from jit_diffusion.fileio import read_json_object
 
 
 def _solid(path, color, size=(20, 16), mode="RGB"):
@@ -230,6 +232,11 @@ def test_cache_exists_and_interrupted_build(class_tree, tmp_path):
     build_cache(ImageFolderDataset(class_tree, 12), path, overwrite=True, progress=False)
     assert CachedDataset(path).image_size == 12
 
+
+def test_write_cache_returns_the_meta_it_wrote(class_tree, tmp_path):
+    meta = write_cache(ImageFolderDataset(class_tree, 8), tmp_path / "c", progress=False)
+    assert meta == read_json_object(tmp_path / "c" / "meta.json")
+    assert (meta["num_items"], meta["skipped"], meta["class_names"]) == (3, [], ["cat", "dog"])
 
 def test_load_dataset_folder_splits_and_auto_cache(class_tree, tmp_path):
     ds = load_dataset(str(class_tree), 16)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_image_folder
@@ -25,6 +26,7 @@ from jit_diffusion.checkpoint import (
     verify_checkpoint,
 )
 from jit_diffusion.data import CachedDataset, ImageFolderDataset, build_cache
+from jit_diffusion.data_cache import _shrink
 from jit_diffusion.errors import UserError
 from jit_diffusion.image_folder import CorruptImageError
 from jit_diffusion.loading import load_model
@@ -144,6 +146,38 @@ def test_data_cache_leaves_out_bad_files(tmp_path, capsys):
         path.write_bytes(b"")
     with pytest.raises(ValueError, match="none of the 10 images"):
         build_cache(ImageFolderDataset(data, 16), tmp_path / "none", progress=False)
+
+
+def test_data_cache_with_bad_files_is_shrunk_in_place(tmp_path):
+    """Rows of undecodable images are cut off the end of images.npy; the header keeps its length."""
+    data = make_image_folder(tmp_path / "data", num_classes=2, per_class=6)
+    full = build_cache(ImageFolderDataset(data, 16), tmp_path / "full", batch_size=4, progress=False)
+    bad = plant_bad_images(data, ["class_0/img_0_0.png", "class_1/img_1_3.png", "class_1/img_1_5.png"])
+    path = build_cache(ImageFolderDataset(data, 16), tmp_path / "cache", batch_size=4, progress=False)
+    images = np.load(path / "images.npy", mmap_mode="r")
+    assert images.shape == (9, 3, 16, 16) and images.dtype == np.uint8
+    header_bytes = images.offset  # where the rows start, as numpy reads the header
+    assert header_bytes == np.load(full / "images.npy", mmap_mode="r").offset and header_bytes % 64 == 0
+    assert os.path.getsize(path / "images.npy") == header_bytes + 9 * 3 * 16 * 16
+    folder = ImageFolderDataset(data, 16)
+    good = [i for i, p in enumerate(folder.paths) if p not in bad]
+    assert np.array_equal(images, np.stack([folder[i][0].numpy() for i in good]))
+
+
+def test_shrink_npy_in_place(tmp_path):
+    """Both header versions; a count with fewer digits pads the header instead of moving the data."""
+    rows = np.arange(12345 * 6, dtype=np.int32).reshape(12345, 2, 3)
+    for version in [(1, 0), (2, 0)]:
+        npy = tmp_path / f"v{version[0]}.npy"
+        with open(npy, "wb") as f:
+            np.lib.format.write_array(f, rows, version=version)
+        offset = np.load(npy, mmap_mode="r").offset
+        _shrink(npy, 7)
+        kept = np.load(npy, mmap_mode="r")
+        assert kept.offset == offset and np.array_equal(kept, rows[:7])
+        assert os.path.getsize(npy) == offset + 7 * rows[0].nbytes
+    with pytest.raises(ValueError, match="cannot shrink"):
+        _shrink(npy, 8)
 
 
 # --- preemption -----------------------------------------------------------------------------------

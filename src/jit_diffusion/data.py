@@ -14,7 +14,6 @@ the model's null label for ``num_classes = 0``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import Dataset
 
-from .data_cache import CACHE_FORMAT, CACHE_VERSION, CachedDataset, build_cache, is_cache_dir
+from .data_cache import CACHE_FORMAT, CACHE_VERSION, CachedDataset, build_cache, is_cache_dir, write_cache
 from .image_folder import (
     IMAGE_EXTENSIONS,
     CorruptImageError,
@@ -39,7 +38,7 @@ from .image_folder import (
 __all__ = [
     "CACHE_FORMAT", "CACHE_VERSION", "FOLDER_SPLITS", "IMAGE_EXTENSIONS", "CachedDataset", "CorruptImageError",
     "ImageFolderDataset", "add_cli", "build_cache", "center_crop_arr", "check_images", "class_grid", "find_images",
-    "image_to_tensor", "is_cache_dir", "load_dataset", "load_image", "to_rgb",
+    "image_to_tensor", "is_cache_dir", "load_dataset", "load_image", "to_rgb", "write_cache",
 ]  # fmt: skip
 
 FOLDER_SPLITS = ("train", "all")
@@ -145,12 +144,12 @@ def _cmd_info(args: argparse.Namespace) -> None:
 def _cmd_cache(args: argparse.Namespace) -> None:
     dataset = load_dataset(args.source, args.img_size, split=args.split)
     start = time.perf_counter()
-    path = build_cache(dataset, args.out, num_workers=args.num_workers, overwrite=args.overwrite)
+    meta = write_cache(dataset, args.out, num_workers=args.num_workers, overwrite=args.overwrite)
     seconds = time.perf_counter() - start
-    skipped = json.loads((path / "meta.json").read_text()).get("skipped", [])
+    skipped, path = meta["skipped"], Path(args.out).expanduser()
     for item in skipped:
         print(f"skipped {item['path']}: {item['reason']}")
-    kept = len(dataset) - len(skipped)
+    kept = meta["num_items"]
     print(f"cached {kept} images ({dataset.num_classes} classes, {args.img_size} px) to {path} in {seconds:.1f} s"
           + (f"; {len(skipped)} did not decode and were left out" if skipped else ""))  # fmt: skip
 

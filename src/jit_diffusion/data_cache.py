@@ -6,30 +6,36 @@ images that do not decode are left out and listed in ``meta.json`` under ``skipp
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .fileio import atomic_folder
+from .fileio import atomic_folder, read_json_object, save_json
 from .image_folder import BAD_IMAGE_ERRORS, failure_reason
 
 CACHE_FORMAT = "jit-diffusion-uint8-cache"
 CACHE_VERSION = 1
 
 
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    """The ``meta.json`` of a cache folder, or None when path is not a cache."""
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = read_json_object(meta_path)
+    except (OSError, ValueError):
+        return None
+    return meta if meta.get("format") == CACHE_FORMAT else None
+
+
 def is_cache_dir(path: str | os.PathLike) -> bool:
     """Whether path is a dataset cache written by :func:`build_cache`."""
-    meta = Path(path) / "meta.json"
-    if not meta.is_file():
-        return False
-    try:
-        return json.loads(meta.read_text()).get("format") == CACHE_FORMAT
-    except (OSError, ValueError):
-        return False
+    return _read_meta(Path(path)) is not None
 
 
 class _Decoded(Dataset):
@@ -56,16 +62,31 @@ def _item_name(dataset: Dataset, index: int) -> str:
 
 
 def _shrink(npy: Path, count: int) -> None:
-    """Keep the first ``count`` images of an (N, 3, H, W) .npy file, copying in chunks."""
-    old = np.load(npy, mmap_mode="r")
-    short = npy.with_name("short.npy")
-    new = np.lib.format.open_memmap(short, mode="w+", dtype=np.uint8, shape=(count, *old.shape[1:]))
-    for lo in range(0, count, 1024):
-        hi = min(lo + 1024, count)
-        new[lo:hi] = old[lo:hi]
-    new.flush()
-    del new, old
-    os.replace(short, npy)
+    """Keep the first ``count`` rows of a C-order .npy file in place: rewrite the shape in the header
+    (padded to its old length, so the data offset and its alignment stay) and truncate the file.
+
+    Not atomic on its own: :func:`build_cache` calls it inside the temporary folder that is renamed into
+    place only once the cache is complete, so a crash here never leaves a published half-shrunk cache."""
+    with open(npy, "r+b") as f:
+        version = np.lib.format.read_magic(f)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            raise ValueError(f"{npy}: .npy format version {version} is not supported here")
+        shape, fortran_order, dtype = readers[version](f)
+        if fortran_order or not 0 < count <= shape[0]:
+            raise ValueError(f"{npy}: cannot shrink a {shape} array to {count} rows")
+        data_offset = f.tell()
+        text_start = 6 + 2 + (2 if version == (1, 0) else 4)  # magic, version, header-length field
+        descr = np.lib.format.dtype_to_descr(dtype)
+        fields = {"descr": descr, "fortran_order": False, "shape": (int(count), *shape[1:])}
+        text = repr(fields)[:-1] + ", }"  # "{'descr': '|u1', 'fortran_order': False, 'shape': (...), }"
+        room = data_offset - text_start - 1  # the header text ends in a newline
+        if len(text) > room:
+            raise ValueError(f"{npy}: the new header does not fit the old one")
+        f.seek(text_start)
+        f.write((text.ljust(room) + "\n").encode("latin1"))
+        row_bytes = dtype.itemsize * int(np.prod(shape[1:]))
+        f.truncate(data_offset + count * row_bytes)
 
 
 def _fill(dataset: Dataset, images: np.ndarray, labels: np.ndarray, loader: DataLoader, bar) -> list[dict]:
@@ -94,6 +115,20 @@ def build_cache(
     ``labels.npy`` (N,) int64 and ``meta.json``. Items that do not decode are left out and listed in
     ``meta.json`` (``skipped``: path and reason). Written to a temporary folder, then renamed into
     place, so an interrupted build never leaves a broken cache. Returns the cache path."""
+    write_cache(dataset, path, num_workers, batch_size, overwrite, progress)
+    return Path(path).expanduser()
+
+
+def write_cache(
+    dataset: Dataset,
+    path: str | os.PathLike,
+    num_workers: int = 0,
+    batch_size: int = 64,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """:func:`build_cache`, returning the contents of the ``meta.json`` it wrote (``num_items``,
+    ``skipped``, ...) so a caller need not read it back."""
     from tqdm import tqdm
 
     path = Path(path).expanduser()
@@ -127,8 +162,8 @@ def build_cache(
             "source": source,
             "skipped": skipped,
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return path
+        save_json(tmp / "meta.json", meta)
+    return meta
 
 
 class CachedDataset(Dataset):
@@ -136,11 +171,11 @@ class CachedDataset(Dataset):
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path).expanduser()
-        if not is_cache_dir(self.path):
+        meta = _read_meta(self.path)
+        if meta is None:
             raise FileNotFoundError(
                 f"no dataset cache at {self.path}: expected a meta.json written by `jit data cache`"
             )
-        meta = json.loads((self.path / "meta.json").read_text())
         self.image_size = int(meta["image_size"])
         self.num_classes = int(meta["num_classes"])
         self.class_names = list(meta["class_names"])
