@@ -106,6 +106,13 @@ def test_single_weight_sources_refuse_weights_they_do_not_hold(sources, kind):
         open_source(sources[kind]).load("ema2")
 
 
+@pytest.mark.parametrize("kind", ["run", "official"])
+def test_model_is_another_name_for_the_raw_weights(sources, weights, kind):
+    model, info = open_source(sources[kind]).load("model")
+    _same_state(model, weights["raw"])
+    assert info.weights == "raw"
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_convert_writes_the_same_export_with_usual_permissions(sources, weights, kind, tmp_path):
     out = tmp_path / "out"

@@ -39,8 +39,14 @@ from .pretrained import (
 )
 
 DEFAULT_WEIGHTS = "ema1"
+RAW_ALIASES = ("model",)  # older names of the raw (non-EMA) weights
 SINGLE_WEIGHT_KINDS = ("export", "diffusers")  # sources that hold one weight set
 log = logging.getLogger(__name__)
+
+
+def _canonical(weights: str) -> str:
+    """The weight set's name as sources list it: ``model`` -> ``raw``."""
+    return "raw" if weights in RAW_ALIASES else weights
 
 
 class Source:
@@ -98,7 +104,7 @@ class Source:
 
     def check(self, names: list[str]) -> None:
         """Fail now, not after hours of sampling, when a requested weight set is missing."""
-        missing = [n for n in names if n not in self.weight_names and not (n == "model" and "raw" in self.weight_names)]
+        missing = [n for n in names if _canonical(n) not in self.weight_names]
         if missing:
             single = self.kind in SINGLE_WEIGHT_KINDS
             detail = f"holds only its {self.weight_names[0]} weights" if single else f"has no weights {missing}"
@@ -107,7 +113,7 @@ class Source:
 
     def load(self, weights: str | None = None, device: str | torch.device = "cpu") -> tuple[JiT, ModelInfo]:
         """The network (eval mode, on ``device``; ``auto`` picks CUDA when available) with ``weights``."""
-        weights = weights or self.default_weights
+        weights = _canonical(weights or self.default_weights)
         self.check([weights])
         device = resolve_device(device)
         if self.kind == "export":
