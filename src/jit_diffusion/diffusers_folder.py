@@ -185,7 +185,8 @@ class DiffusersFolder:
         for file in self.files:  # kept in the stored dtype: loading into the fp32 model converts, one copy
             with safe_open(str(file), "pt") as handle:
                 state.update({k: handle.get_tensor(k) for k in handle.keys()})
-        model = build_model(JiT, self.config, to_official(state, self.layout), device, self._weights_name())
+        state = to_official(state, self.layout)  # keys and shapes checked when the folder was opened
+        model = build_model(JiT, self.config, state, device, self._weights_name(), check=False)
         info = ModelInfo.create(self.config, source=f"{self.path} (diffusers layout {self.layout})", **self.settings)
         return model, info
 

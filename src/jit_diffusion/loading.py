@@ -32,9 +32,10 @@ from .official import is_official, official_model, official_weight_names
 from .pretrained import (
     WEIGHTS_NAME,
     build_model,
+    info_from_export,
     is_export_folder,
-    load_pretrained,
-    read_pretrained_config,
+    read_export,
+    read_export_weights,
     register_local_opener,
 )
 
@@ -66,7 +67,7 @@ class Source:
             self.path = self.path.parent
         if is_export_folder(self.path):
             self.kind, self.file = "export", self.path
-            self.export_config = read_pretrained_config(self.path)
+            self.export_config, self._export_model_config = read_export(self.path)
             self.weight_names = [str(self.export_config.get("weights") or DEFAULT_WEIGHTS)]
             return
         self.diffusers = open_diffusers(self.path)
@@ -117,7 +118,9 @@ class Source:
         self.check([weights])
         device = resolve_device(device)
         if self.kind == "export":
-            return load_pretrained(self.path, JiT, device=device)
+            state = read_export_weights(self.path, JiT, self._export_model_config)
+            model = build_model(JiT, self._export_model_config, state, device, self.path, check=False)
+            return model, info_from_export(self.export_config, str(self.path))
         if self.diffusers is not None:
             return self.diffusers.load(device)
         if self.kind == "official":

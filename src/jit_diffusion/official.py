@@ -150,7 +150,7 @@ def official_model(
     name = args.get("model") if isinstance(args.get("model"), str) else None
     config, _ = infer_config({k: tuple(v.shape) for k, v in state.items()}, model_name=name,
                              in_context_start=in_context_start, source=path, **dropout)  # fmt: skip
-    model = build_model(JiT, config, state, device, path)
+    model = build_model(JiT, config, state, device, path, check=False)  # infer_config checked the keys
     epoch = ckpt.get("epoch")
     info = ModelInfo.create(
         config, prediction="x", noise_scale=_number(args, "noise_scale", 2.0 if config.input_size >= 512 else 1.0),

@@ -64,13 +64,17 @@ def config_shapes(model_cls: type, config: JiTConfig) -> dict[str, tuple[int, ..
     return shapes_of(model.state_dict())
 
 
-def build_model(model_cls: type, config: JiTConfig, state: Mapping[str, torch.Tensor], device, source) -> Any:
-    """Build on the meta device, check every key and shape, then allocate on ``device`` and load (strict).
+def build_model(
+    model_cls: type, config: JiTConfig, state: Mapping[str, torch.Tensor], device, source, *, check: bool = True
+) -> Any:
+    """Build on the meta device, check every key and shape (``check=False``: the caller already did), then
+    allocate on ``device`` and load (strict).
 
     Returns the model in eval mode; the fixed tables (RoPE, not in the state dict) are recomputed."""
     with torch.device("meta"):
         model = model_cls(**dataclasses.asdict(config))
-    check_state_dict(shapes_of(model.state_dict()), shapes_of(state), source)
+    if check:
+        check_state_dict(shapes_of(model.state_dict()), shapes_of(state), source)
     model = model.to_empty(device=device)
     model.init_tables()
     model.load_state_dict(state, strict=True)
@@ -171,8 +175,9 @@ def is_export_folder(path: str | Path) -> bool:
     return path.is_dir() and (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
 
 
-def read_pretrained_config(folder: str | Path) -> dict[str, Any]:
-    """Read and check ``config.json`` of an export folder; returns it with ``model_config`` complete."""
+def read_export(folder: str | Path) -> tuple[dict[str, Any], JiTConfig]:
+    """Read and check ``config.json`` of an export folder: the contents (``model_config`` complete) and the
+    :class:`JiTConfig` they describe."""
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (expected an export folder with {CONFIG_NAME})")
@@ -185,8 +190,29 @@ def read_pretrained_config(folder: str | Path) -> dict[str, Any]:
     model_config = config.get("model_config")
     if not isinstance(model_config, dict):
         raise ValueError(f"{path} has no 'model_config' object")
-    config["model_config"] = dataclasses.asdict(JiTConfig.from_dict(model_config, source=str(path)))
-    return config
+    parsed = JiTConfig.from_dict(model_config, source=str(path))
+    config["model_config"] = dataclasses.asdict(parsed)
+    return config, parsed
+
+
+def read_pretrained_config(folder: str | Path) -> dict[str, Any]:
+    """Read and check ``config.json`` of an export folder; returns it with ``model_config`` complete."""
+    return read_export(folder)[0]
+
+
+def read_export_weights(folder: str | Path, model_cls: type, model_config: JiTConfig) -> dict[str, torch.Tensor]:
+    """The tensors of an export folder's ``model.safetensors``; every key and shape is checked against
+    ``model_config`` from the file header before a tensor is read."""
+    weights_path = Path(folder) / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{weights_path} does not exist (expected the weights next to {CONFIG_NAME})")
+    try:
+        with safe_open(str(weights_path), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        check_state_dict(config_shapes(model_cls, model_config), shapes, weights_path)
+        return load_file(str(weights_path))
+    except SafetensorError as err:
+        raise ValueError(f"cannot read {weights_path}: {err}") from None
 
 
 def info_from_export(config: Mapping[str, Any], source: str) -> ModelInfo:
@@ -207,21 +233,10 @@ def load_pretrained(
     dtype: str | torch.dtype | None = None,
 ) -> tuple[Any, ModelInfo]:
     """Open an export folder: a ``model_cls`` in eval mode on ``device`` (fp32 unless ``dtype``) and its info."""
-    folder = Path(folder)
-    config = read_pretrained_config(folder)
-    weights_path = folder / WEIGHTS_NAME
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"{weights_path} does not exist (expected the weights next to {CONFIG_NAME})")
-    info = info_from_export(config, str(folder))
-    model_config = JiTConfig(**config["model_config"])
-    try:
-        with safe_open(str(weights_path), "pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        check_state_dict(config_shapes(model_cls, model_config), shapes, weights_path)
-        state = load_file(str(weights_path))
-    except SafetensorError as err:
-        raise ValueError(f"cannot read {weights_path}: {err}") from None
-    model = build_model(model_cls, model_config, state, torch.device(device), weights_path)
+    config, model_config = read_export(folder)
+    info = info_from_export(config, str(Path(folder)))
+    state = read_export_weights(folder, model_cls, model_config)
+    model = build_model(model_cls, model_config, state, torch.device(device), folder, check=False)
     target = resolve_dtype(dtype)
     return (model.to(target) if target is not None else model), info
 
