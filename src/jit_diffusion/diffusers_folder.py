@@ -179,16 +179,23 @@ class DiffusersFolder:
         """The weight set the folder holds (recorded by our export; EMA1 otherwise)."""
         return str(self.settings.get("weights") or "ema1")
 
-    def load(self, device: torch.device) -> tuple[JiT, ModelInfo]:
-        """The network (fp32, eval mode, on ``device``) and its :class:`ModelInfo`."""
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights with the official (our) names, in their stored dtype; keys and shapes were checked
+        when the folder was opened."""
         state: dict[str, torch.Tensor] = {}
         for file in self.files:  # kept in the stored dtype: loading into the fp32 model converts, one copy
             with safe_open(str(file), "pt") as handle:
                 state.update({k: handle.get_tensor(k) for k in handle.keys()})
-        state = to_official(state, self.layout)  # keys and shapes checked when the folder was opened
-        model = build_model(JiT, self.config, state, device, self._weights_name(), check=False)
-        info = ModelInfo.create(self.config, source=f"{self.path} (diffusers layout {self.layout})", **self.settings)
-        return model, info
+        return to_official(state, self.layout)
+
+    def info(self) -> ModelInfo:
+        """The :class:`ModelInfo` the folder records."""
+        return ModelInfo.create(self.config, source=f"{self.path} (diffusers layout {self.layout})", **self.settings)
+
+    def load(self, device: torch.device) -> tuple[JiT, ModelInfo]:
+        """The network (fp32, eval mode, on ``device``) and its :class:`ModelInfo`."""
+        model = build_model(JiT, self.config, self.state_dict(), device, self._weights_name(), check=False)
+        return model, self.info()
 
 
 def open_diffusers(path: str | Path) -> DiffusersFolder | None:
