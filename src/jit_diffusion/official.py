@@ -98,8 +98,7 @@ def infer_config(
                     f"{source}: depth {fields['depth']}, width {fields['hidden_size']} is no preset, and "
                     f"in_context_start is not stored in the weights; pass it (jit convert --in-context-start N)"
                 )
-        config = JiTConfig(**{**fields, **extra, "in_context_start": in_context_start})
-        config.validate()
+        config = JiTConfig.from_dict({**fields, **extra, "in_context_start": in_context_start}, source=str(source))
     check_state_dict(config_shapes(JiT, config), shapes, source)
     return config, find_preset(config)
 
