@@ -104,6 +104,37 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 # --------------------------------------------------------------------------------------------
 
 
+def export_info(model: torch.nn.Module, info: ModelInfo | None = None) -> ModelInfo:
+    """The settings an export writes: ``info``, else the model's ``pretrained_info``, else the defaults, with
+    one class name per class (``0``, ``1``, ... when it has none)."""
+    info = info or getattr(model, "pretrained_info", None) or ModelInfo.create(model.config)
+    names = list(info.class_names) or [str(i) for i in range(model.num_classes)]
+    if len(names) != model.num_classes:
+        raise ValueError(f"{len(names)} class names given for a model with {model.num_classes} classes")
+    return dataclasses.replace(info, class_names=names)
+
+
+def export_tensors(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The state dict on the CPU in ``dtype``; ``pos_embed``, a fixed table, stays fp32."""
+    return {k: v.detach().to("cpu", torch.float32 if k == "pos_embed" else dtype).contiguous()
+            for k, v in model.state_dict().items()}  # fmt: skip
+
+
+def settings_blocks(info: ModelInfo) -> dict[str, dict[str, Any]]:
+    """The ``flow`` and ``sampling`` blocks an export records (read back by :func:`recorded_settings`)."""
+    return {
+        "flow": {"prediction": info.prediction, "noise_scale": info.noise_scale, "t_eps": info.t_eps},
+        "sampling": {"cfg": info.cfg, "cfg_interval": list(info.cfg_interval), "method": info.method},
+    }
+
+
+def recorded_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The :class:`ModelInfo` settings in the ``flow`` and ``sampling`` blocks of ``config`` (None where absent)."""
+    flow, sampling = config.get("flow") or {}, config.get("sampling") or {}
+    return dict(prediction=flow.get("prediction"), noise_scale=flow.get("noise_scale"), t_eps=flow.get("t_eps"),
+                cfg=sampling.get("cfg"), cfg_interval=sampling.get("cfg_interval"), method=sampling.get("method"))
+
+
 def export_config(model: torch.nn.Module, info: ModelInfo, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """The ``config.json`` contents for ``model`` with ``info``."""
     config = dataclasses.asdict(model.config)
@@ -114,8 +145,7 @@ def export_config(model: torch.nn.Module, info: ModelInfo, dtype: torch.dtype = 
         "num_params": model.num_params(),
         "dtype": str(dtype).removeprefix("torch."),
         "weights": info.weights,
-        "flow": {"prediction": info.prediction, "noise_scale": info.noise_scale, "t_eps": info.t_eps},
-        "sampling": {"cfg": info.cfg, "cfg_interval": list(info.cfg_interval), "method": info.method},
+        **settings_blocks(info),
         "class_names": list(info.class_names),
         "source": info.source,
         "step": info.step,
@@ -130,17 +160,10 @@ def write_pretrained_files(
     dtype = resolve_dtype(dtype)
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"export dtype must be fp32 or bf16, got {dtype}")
-    info = info or getattr(model, "pretrained_info", None) or ModelInfo.create(model.config)
-    names = list(info.class_names) or [str(i) for i in range(model.num_classes)]
-    if len(names) != model.num_classes:
-        raise ValueError(f"{len(names)} class names given for a model with {model.num_classes} classes")
-    info = dataclasses.replace(info, class_names=names)
+    info = export_info(model, info)
     folder = Path(folder)
     config = export_config(model, info, dtype)
-    tensors = {
-        k: v.detach().to("cpu", torch.float32 if k == "pos_embed" else dtype).contiguous()
-        for k, v in model.state_dict().items()
-    }
+    tensors = export_tensors(model, dtype)
     metadata = {"format": "pt", "jit_diffusion": FORMAT, "preset": config["preset"] or "", "weights": info.weights}
     atomic_write_path(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     save_json(folder / CONFIG_NAME, config)
@@ -217,13 +240,8 @@ def read_export_weights(folder: str | Path, model_cls: type, model_config: JiTCo
 
 def info_from_export(config: Mapping[str, Any], source: str) -> ModelInfo:
     """The :class:`ModelInfo` recorded in an export's ``config.json``."""
-    flow, sampling = config.get("flow") or {}, config.get("sampling") or {}
-    return ModelInfo.create(
-        config["model_config"], config.get("class_names"), prediction=flow.get("prediction"),
-        noise_scale=flow.get("noise_scale"), t_eps=flow.get("t_eps"), cfg=sampling.get("cfg"),
-        cfg_interval=sampling.get("cfg_interval"), source=source, weights=config.get("weights"),
-        step=config.get("step"), method=sampling.get("method"),
-    )  # fmt: skip
+    return ModelInfo.create(config["model_config"], config.get("class_names"), **recorded_settings(config),
+                            source=source, weights=config.get("weights"), step=config.get("step"))  # fmt: skip
 
 
 def load_pretrained(
