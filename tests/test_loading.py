@@ -12,11 +12,12 @@ import torch
 from conftest import lively_jit
 from safetensors.torch import load_file, save_file
 
-from jit_diffusion import JiT
+from jit_diffusion import JiT, loading
 from jit_diffusion.checkpoint import save_checkpoint
 from jit_diffusion.cli import main
 from jit_diffusion.config import preset_config
 from jit_diffusion.convert import convert
+from jit_diffusion.device import same_device
 from jit_diffusion.fileio import default_file_mode
 from jit_diffusion.loading import load_model, open_source
 from jit_diffusion.pretrained import save_pretrained
@@ -104,6 +105,41 @@ def test_load_model_and_from_pretrained_give_the_same_weights(sources, weights, 
 def test_single_weight_sources_refuse_weights_they_do_not_hold(sources, kind):
     with pytest.raises(ValueError, match="holds only its ema1 weights"):
         open_source(sources[kind]).load("ema2")
+
+
+@pytest.mark.parametrize("kind", ["run", "official", "export", "pipeline-b0"])
+def test_a_source_builds_once_and_swaps_exactly_the_fresh_weights_in(sources, kind, monkeypatch):
+    names = ["ema1", "ema1"] if kind in SINGLE else ["ema1", "ema2", "raw", "ema1"]
+    fresh = {name: open_source(sources[kind]).load(name)[0].state_dict() for name in set(names)}
+    builds = []
+    build = loading.build_model
+    monkeypatch.setattr(loading, "build_model", lambda *args, **kw: builds.append(1) or build(*args, **kw))
+    source = open_source(sources[kind])
+    info = source.info("ema1")
+    assert builds == []  # the settings alone build nothing
+    assert info == open_source(sources[kind]).load("ema1")[1]
+    builds.clear()
+    models = []
+    for name in names:
+        model, info = source.load(name, torch.device("cpu") if models else "cpu")
+        state = model.state_dict()
+        assert state.keys() == fresh[name].keys() and info.weights == name and not model.training
+        assert all(torch.equal(state[k], v) and state[k].dtype == v.dtype for k, v in fresh[name].items())
+        models.append(model)
+    assert builds == [1] and all(m is models[0] for m in models)
+
+
+def test_cuda_without_index_is_the_current_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert same_device("cuda", torch.device("cuda:1")) and not same_device("cuda", "cuda:0")
+    assert same_device("cpu", torch.device("cpu")) and not same_device("cpu", "cuda:1")
+
+
+@pytest.mark.parametrize("kind", ["run", "official"])
+def test_model_is_another_name_for_the_raw_weights(sources, weights, kind):
+    model, info = open_source(sources[kind]).load("model")
+    _same_state(model, weights["raw"])
+    assert info.weights == "raw"
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -85,9 +85,7 @@ def preset_config(name: str, **overrides) -> JiTConfig:
     unknown = set(overrides) - CONFIG_FIELDS
     if unknown:
         raise ValueError(f"unknown model argument(s) {sorted(unknown)}; known: {sorted(CONFIG_FIELDS)}")
-    cfg = JiTConfig(**{**PRESETS[name], **overrides})
-    cfg.validate()
-    return cfg
+    return JiTConfig.from_dict({**PRESETS[name], **overrides}, source=f"preset {name}")
 
 
 def find_preset(config: JiTConfig | Mapping[str, Any]) -> str | None:

@@ -25,6 +25,22 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise ValueError(f"--device: unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from err
 
 
+def with_index(device: str | torch.device) -> torch.device:
+    """``device`` with its index filled in: ``cuda`` -> ``cuda:N`` of the current CUDA device, ``mps`` ->
+    ``mps:0``; so ``torch.device("cuda")`` and a tensor's ``cuda:0`` compare equal."""
+    device = torch.device(device)
+    if device.index is None and device.type == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    if device.index is None and device.type == "mps":  # there is one
+        return torch.device("mps", 0)
+    return device
+
+
+def same_device(a: str | torch.device, b: str | torch.device) -> bool:
+    """Whether ``a`` and ``b`` name one device (``cuda`` is the current CUDA device)."""
+    return with_index(a) == with_index(b)
+
+
 def check_precision(precision: str) -> str:
     """Validate a ``--precision`` value (auto, bf16 or fp32); returns it."""
     if precision not in PRECISIONS:

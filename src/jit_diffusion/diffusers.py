@@ -169,11 +169,9 @@ def jit_config(config: Mapping[str, Any], layout: str, source: str) -> JiTConfig
             fields[field] = value
     floats = {k for k, v in dataclasses.asdict(JiTConfig()).items() if isinstance(v, float)}
     try:
-        result = JiTConfig(**{k: float(v) if k in floats else int(v) for k, v in fields.items()})
-        result.validate()
+        return JiTConfig.from_dict({k: float(v) if k in floats else int(v) for k, v in fields.items()})
     except (TypeError, ValueError) as err:
         raise ValueError(f"{source}: {err}") from None
-    return result
 
 
 def diffusers_config(config: JiTConfig, version: str) -> dict[str, Any]:

@@ -29,7 +29,18 @@ from .config import JiTConfig, ModelInfo
 from .diffusers import a_prefix, detect_layout, diffusers_config, from_official, jit_config, layout_shapes, to_official
 from .fileio import atomic_folder, atomic_write_path, read_json_object, save_json
 from .model import JiT
-from .pretrained import FORMAT, build_model, check_state_dict, config_shapes, unwrap
+from .pretrained import (
+    FORMAT,
+    build_model,
+    check_state_dict,
+    config_shapes,
+    export_info,
+    export_tensors,
+    recorded_settings,
+    resolve_dtype,
+    settings_blocks,
+    unwrap,
+)
 
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 INDEX_FILE = WEIGHTS_FILE + ".index.json"
@@ -39,7 +50,6 @@ LABEL_FILES = ("labels/id2label_en.json", "labels/id2label.json")
 DIFFUSERS_VERSION = "0.31.0"
 _STORED = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F64": "fp64"}  # safetensors tag -> our name
 _PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _optional_json(path: Path | None) -> dict[str, Any]:
@@ -179,15 +189,23 @@ class DiffusersFolder:
         """The weight set the folder holds (recorded by our export; EMA1 otherwise)."""
         return str(self.settings.get("weights") or "ema1")
 
-    def load(self, device: torch.device) -> tuple[JiT, ModelInfo]:
-        """The network (fp32, eval mode, on ``device``) and its :class:`ModelInfo`."""
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights with the official (our) names, in their stored dtype; keys and shapes were checked
+        when the folder was opened."""
         state: dict[str, torch.Tensor] = {}
         for file in self.files:  # kept in the stored dtype: loading into the fp32 model converts, one copy
             with safe_open(str(file), "pt") as handle:
                 state.update({k: handle.get_tensor(k) for k in handle.keys()})
-        model = build_model(JiT, self.config, to_official(state, self.layout), device, self._weights_name())
-        info = ModelInfo.create(self.config, source=f"{self.path} (diffusers layout {self.layout})", **self.settings)
-        return model, info
+        return to_official(state, self.layout)
+
+    def info(self) -> ModelInfo:
+        """The :class:`ModelInfo` the folder records."""
+        return ModelInfo.create(self.config, source=f"{self.path} (diffusers layout {self.layout})", **self.settings)
+
+    def load(self, device: torch.device) -> tuple[JiT, ModelInfo]:
+        """The network (fp32, eval mode, on ``device``) and its :class:`ModelInfo`."""
+        model = build_model(JiT, self.config, self.state_dict(), device, self._weights_name(), check=False)
+        return model, self.info()
 
 
 def open_diffusers(path: str | Path) -> DiffusersFolder | None:
@@ -229,24 +247,18 @@ def read_settings(root: Path, config: JiTConfig) -> dict[str, Any]:
     index = _optional_json(root / PIPELINE_INDEX)
     scheduler = _optional_json(root / "scheduler" / "scheduler_config.json")
     ours = _optional_json(root / SETTINGS_FILE)
-    flow, sampling = ours.get("flow") or {}, ours.get("sampling") or {}
 
     def hint(*names: str) -> Any:
         return next((d[n] for d in (scheduler, index) for n in names if d.get(n) is not None), None)
 
     lo, hi = hint("guidance_interval_min", "interval_min"), hint("guidance_interval_max", "interval_max")
     interval = None if lo is None and hi is None else (0.1 if lo is None else lo, 1.0 if hi is None else hi)
-    settings = {
-        "prediction": flow.get("prediction"),
-        "noise_scale": flow.get("noise_scale", hint("noise_scale") or (2.0 if config.input_size >= 512 else 1.0)),
-        "t_eps": flow.get("t_eps", hint("t_eps")),
-        "cfg": sampling.get("cfg", hint("guidance_scale", "cfg")),
-        "cfg_interval": sampling.get("cfg_interval", interval),
-        "method": sampling.get("method", hint("solver")),
-        "weights": ours.get("weights"),
-        "step": ours.get("step"),
-        "class_names": _class_names(root, index, config.num_classes),
-    }
+    fallbacks = {"noise_scale": hint("noise_scale") or (2.0 if config.input_size >= 512 else 1.0),
+                 "t_eps": hint("t_eps"), "cfg": hint("guidance_scale", "cfg"), "cfg_interval": interval,
+                 "method": hint("solver")}  # fmt: skip
+    settings = {k: fallbacks.get(k) if v is None else v for k, v in recorded_settings(ours).items()}
+    settings.update(weights=ours.get("weights"), step=ours.get("step"),
+                    class_names=_class_names(root, index, config.num_classes))  # fmt: skip
     if settings["method"] not in (None, "heun", "euler"):
         raise ValueError(f"{root}: solver {settings['method']!r} is not one of heun, euler")
     return {k: v for k, v in settings.items() if v is not None}
@@ -284,23 +296,16 @@ def save_diffusers(
     ``dtype`` fp32 or bf16 (``pos_embed`` stays fp32). Atomic; refuses a non-empty ``folder`` unless
     ``overwrite``. Returns the folder."""
     model = unwrap(model)
-    if layout not in ("B0", "B") or dtype not in _DTYPES:
+    if layout not in ("B0", "B") or dtype not in ("fp32", "bf16"):
         raise ValueError(f"diffusers export: layout must be B0 or B and dtype fp32 or bf16, got {layout}, {dtype}")
-    info = info or getattr(model, "pretrained_info", None) or ModelInfo.create(model.config)
+    info = export_info(model, info)
     if info.prediction != "x":
         raise ValueError(f"the diffusers JiT pipelines run x-prediction models; this one predicts {info.prediction}")
-    names = list(info.class_names) or [str(i) for i in range(model.num_classes)]
-    if len(names) != model.num_classes:
-        raise ValueError(f"{len(names)} class names given for a model with {model.num_classes} classes")
     transformer_config = diffusers_config(model.config, DIFFUSERS_VERSION)
-    state = {k: v.detach().to("cpu", torch.float32 if k == "pos_embed" else _DTYPES[dtype]).contiguous()
-             for k, v in model.state_dict().items()}  # fmt: skip
-    tensors = from_official(state, layout)
+    tensors = from_official(export_tensors(model, resolve_dtype(dtype)), layout)
     scheduler = {"_class_name": "JiTScheduler", "_diffusers_version": DIFFUSERS_VERSION,
                  "num_train_timesteps": 1000, "t_eps": info.t_eps, "solver": info.method}  # fmt: skip
-    ours = {"format": FORMAT, "layout": layout, "dtype": dtype, "weights": info.weights,
-            "flow": {"prediction": info.prediction, "noise_scale": info.noise_scale, "t_eps": info.t_eps},
-            "sampling": {"cfg": info.cfg, "cfg_interval": list(info.cfg_interval), "method": info.method},
+    ours = {"format": FORMAT, "layout": layout, "dtype": dtype, "weights": info.weights, **settings_blocks(info),
             "source": info.source, "step": info.step}  # fmt: skip
     with atomic_folder(folder, overwrite=overwrite) as tmp:
         (tmp / "transformer").mkdir()
@@ -309,6 +314,6 @@ def save_diffusers(
                           lambda path: save_file(tensors, str(path), metadata={"format": "pt"}))  # fmt: skip
         save_json(tmp / "transformer" / "config.json", transformer_config)
         save_json(tmp / "scheduler" / "scheduler_config.json", scheduler)
-        save_json(tmp / PIPELINE_INDEX, _model_index(layout, names))
+        save_json(tmp / PIPELINE_INDEX, _model_index(layout, list(info.class_names)))
         save_json(tmp / SETTINGS_FILE, ours)
     return Path(folder).expanduser()

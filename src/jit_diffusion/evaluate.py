@@ -264,7 +264,7 @@ def run_eval(args: argparse.Namespace) -> None:
     models = open_source(args.model_path)
     emas = [e.strip() for e in (args.ema or "").split(",") if e.strip()] or [models.default_weights]
     models.check(emas)
-    _, info = models.load(emas[0], dist_info.device)
+    info = models.info(emas[0])
     plan = _plan(args, metrics, axes, emas, models, info, verbose=dist_info.is_main)
     generation = _generate(args, plan, models, dist_info)
     barrier(dist_info)

@@ -4,8 +4,9 @@ become a :class:`Source`, and ``source.load(weights)`` gives the network and its
 ``jit sample``, ``jit eval``, ``jit convert`` and the Python API use it. Opening a diffusers source logs
 one line (logger ``jit_diffusion.loading``, shown by the ``jit`` command) naming the detected layout.
 
-A source reads its file once: loading another weight set (``ema1``, ``ema2``, ``raw``) of the same
-training checkpoint swaps the weights into the model already built.
+A source reads its file once and builds its network once per device: loading another weight set (``ema1``,
+``ema2``, ``raw``) of the same training or official checkpoint swaps the weights into the model already
+built, and :meth:`Source.info` gives the settings without building anything.
 """
 
 from __future__ import annotations
@@ -25,22 +26,31 @@ from .checkpoint import (
     training_weights,
 )
 from .config import JiTConfig, ModelInfo
-from .device import resolve_device
+from .device import resolve_device, same_device
 from .diffusers_folder import DiffusersFolder, open_diffusers
 from .model import JiT
-from .official import is_official, official_model, official_weight_names
+from .official import is_official, official_config, official_info, official_weight_names, official_weights
 from .pretrained import (
     WEIGHTS_NAME,
     build_model,
+    check_state_dict,
+    info_from_export,
     is_export_folder,
-    load_pretrained,
-    read_pretrained_config,
+    read_export,
+    read_export_weights,
     register_local_opener,
+    shapes_of,
 )
 
 DEFAULT_WEIGHTS = "ema1"
+RAW_ALIASES = ("model",)  # older names of the raw (non-EMA) weights
 SINGLE_WEIGHT_KINDS = ("export", "diffusers")  # sources that hold one weight set
 log = logging.getLogger(__name__)
+
+
+def _canonical(weights: str) -> str:
+    """The weight set's name as sources list it: ``model`` -> ``raw``."""
+    return "raw" if weights in RAW_ALIASES else weights
 
 
 class Source:
@@ -54,18 +64,19 @@ class Source:
         self.path = Path(path).expanduser()
         self.in_context_start = in_context_start
         self._ckpt: dict[str, Any] | None = None
-        self._model: JiT | None = None
+        self._config: JiTConfig | None = None  # the architecture, found once
+        self._model: JiT | None = None  # built on the first load, reused by later ones on the same device
         self.diffusers: DiffusersFolder | None = None
         if self.path.name == WEIGHTS_NAME and is_export_folder(self.path.parent):  # the export's weights file
             self.path = self.path.parent
         if is_export_folder(self.path):
             self.kind, self.file = "export", self.path
-            self.export_config = read_pretrained_config(self.path)
+            self.export_config, self._config = read_export(self.path)
             self.weight_names = [str(self.export_config.get("weights") or DEFAULT_WEIGHTS)]
             return
         self.diffusers = open_diffusers(self.path)
         if self.diffusers is not None:
-            self.kind, self.file = "diffusers", self.path
+            self.kind, self.file, self._config = "diffusers", self.path, self.diffusers.config
             self.weight_names = [self.diffusers.weights]
             log.info(self.diffusers.describe())
             return
@@ -98,32 +109,73 @@ class Source:
 
     def check(self, names: list[str]) -> None:
         """Fail now, not after hours of sampling, when a requested weight set is missing."""
-        missing = [n for n in names if n not in self.weight_names and not (n == "model" and "raw" in self.weight_names)]
+        missing = [n for n in names if _canonical(n) not in self.weight_names]
         if missing:
             single = self.kind in SINGLE_WEIGHT_KINDS
             detail = f"holds only its {self.weight_names[0]} weights" if single else f"has no weights {missing}"
             raise ValueError(f"{self.path} {detail}; choose from {self.weight_names}"
                              + ("; convert the original checkpoint instead" if single else ""))
 
-    def load(self, weights: str | None = None, device: str | torch.device = "cpu") -> tuple[JiT, ModelInfo]:
-        """The network (eval mode, on ``device``; ``auto`` picks CUDA when available) with ``weights``."""
-        weights = weights or self.default_weights
+    def _weights(self, weights: str | None) -> str:
+        weights = _canonical(weights or self.default_weights)
         self.check([weights])
-        device = resolve_device(device)
+        return weights
+
+    def _model_config(self, weights: str) -> JiTConfig:
+        """The architecture (of an official checkpoint: inferred from the first weight set asked for)."""
+        if self._config is None and self.kind == "official":
+            self._config = official_config(self._ckpt, self.file, weights, self.in_context_start)
+        elif self._config is None:
+            self._config = JiTConfig.from_dict(self._ckpt["model_config"], source=str(self.file))
+        return self._config
+
+    def info(self, weights: str | None = None) -> ModelInfo:
+        """The :class:`ModelInfo` of ``weights`` (default: :attr:`default_weights`), without building the network."""
+        weights = self._weights(weights)
+        config = self._model_config(weights)
         if self.kind == "export":
-            return load_pretrained(self.path, JiT, device=device)
+            return info_from_export(self.export_config, str(self.path))
         if self.diffusers is not None:
-            return self.diffusers.load(device)
+            return self.diffusers.info()
         if self.kind == "official":
-            return official_model(self._ckpt, self.file, weights, device, self.in_context_start)
-        state = training_weights(self._ckpt, weights)
-        if self._model is None or next(self._model.parameters()).device != device:
-            config = JiTConfig.from_dict(self._ckpt["model_config"], source=str(self.file))
-            self._model = build_model(JiT, config, state, device, self.file)
-        else:
-            self._model.load_state_dict(state, strict=True)
+            return official_info(self._ckpt, self.file, config, weights)
         info = info_from_training(self._ckpt, str(self.file), weights)
-        return self._model, dataclasses.replace(info, model_config=dataclasses.asdict(self._model.config))
+        return dataclasses.replace(info, model_config=dataclasses.asdict(config))
+
+    def _state_dict(self, weights: str) -> dict[str, torch.Tensor]:
+        if self.kind == "export":
+            return read_export_weights(self.path, JiT, self._config)  # keys checked before reading
+        if self.diffusers is not None:
+            return self.diffusers.state_dict()  # keys checked when opened
+        if self.kind == "official":
+            return official_weights(self._ckpt, weights, self.file)
+        return training_weights(self._ckpt, weights)
+
+    def _built_for(self, device: torch.device) -> bool:
+        """Whether the model built earlier can serve a load on ``device`` (still there, still fp32)."""
+        if self._model is None:
+            return False
+        param = next(self._model.parameters())
+        return param.dtype == torch.float32 and same_device(param.device, device)
+
+    def load(self, weights: str | None = None, device: str | torch.device = "cpu") -> tuple[JiT, ModelInfo]:
+        """The network (eval mode, on ``device``; ``auto`` picks CUDA when available) with ``weights``.
+
+        The network is built once per device and every load returns that same object: another weight set
+        of this source is copied into it (a compiled model stays compiled), and a load on another device
+        builds it there."""
+        weights = self._weights(weights)
+        info = self.info(weights)
+        device = resolve_device(device)
+        if not self._built_for(device):
+            state = self._state_dict(weights)
+            check = self.kind not in SINGLE_WEIGHT_KINDS  # the single-weight kinds checked their keys already
+            self._model = build_model(JiT, self._config, state, device, self.file, check=check)
+        elif self.kind not in SINGLE_WEIGHT_KINDS:  # another weight set: swapped into the model in place
+            state = self._state_dict(weights)
+            check_state_dict(shapes_of(self._model.state_dict()), shapes_of(state), self.file)
+            self._model.load_state_dict(state, strict=True)
+        return self._model.eval(), info
 
 
 def open_source(path: str | Path, *, in_context_start: int | None = None) -> Source:

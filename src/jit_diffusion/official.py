@@ -98,8 +98,7 @@ def infer_config(
                     f"{source}: depth {fields['depth']}, width {fields['hidden_size']} is no preset, and "
                     f"in_context_start is not stored in the weights; pass it (jit convert --in-context-start N)"
                 )
-        config = JiTConfig(**{**fields, **extra, "in_context_start": in_context_start})
-        config.validate()
+        config = JiTConfig.from_dict({**fields, **extra, "in_context_start": in_context_start}, source=str(source))
     check_state_dict(config_shapes(JiT, config), shapes, source)
     return config, find_preset(config)
 
@@ -138,27 +137,40 @@ def official_weights(ckpt: Mapping[str, Any], weights: str, source: str | Path) 
     return dict(state)
 
 
+def official_config(
+    ckpt: Mapping[str, Any], path: Path, weights: str = "ema1", in_context_start: int | None = None
+) -> JiTConfig:
+    """The :class:`JiTConfig` of an official checkpoint dict, inferred from its ``weights`` state dict and
+    ``args`` (checked against every key and shape of that state dict)."""
+    args = _args_dict(ckpt.get("args"))
+    dropout = {"attn_drop": _number(args, "attn_dropout", 0.0), "proj_drop": _number(args, "proj_dropout", 0.0)}
+    name = args.get("model") if isinstance(args.get("model"), str) else None
+    shapes = {k: tuple(v.shape) for k, v in official_weights(ckpt, weights, path).items()}
+    config, _ = infer_config(shapes, model_name=name, in_context_start=in_context_start, source=path, **dropout)
+    return config
+
+
+def official_info(ckpt: Mapping[str, Any], path: Path, config: JiTConfig, weights: str) -> ModelInfo:
+    """The :class:`ModelInfo` of an official checkpoint dict: flow and sampling settings from its ``args``."""
+    args, epoch = _args_dict(ckpt.get("args")), ckpt.get("epoch")
+    return ModelInfo.create(
+        config, prediction="x", noise_scale=_number(args, "noise_scale", 2.0 if config.input_size >= 512 else 1.0),
+        t_eps=_number(args, "t_eps", 0.05), cfg=_number(args, "cfg", 1.0),
+        cfg_interval=(_number(args, "interval_min", 0.1), _number(args, "interval_max", 1.0)),
+        source=f"{path} (epoch {epoch})" if isinstance(epoch, int) else str(path), weights=weights,
+    )  # fmt: skip
+
+
 def official_model(
     ckpt: Mapping[str, Any], path: Path, weights: str, device, in_context_start: int | None = None
 ) -> tuple[JiT, ModelInfo]:
     """The model and :class:`ModelInfo` of an already loaded official checkpoint dict."""
     if not is_official(ckpt):
         raise ValueError(f"{path} is not an official JiT checkpoint (expected keys {list(OFFICIAL_KEYS.values())})")
+    config = official_config(ckpt, path, weights, in_context_start)
     state = official_weights(ckpt, weights, path)
-    args = _args_dict(ckpt.get("args"))
-    dropout = {"attn_drop": _number(args, "attn_dropout", 0.0), "proj_drop": _number(args, "proj_dropout", 0.0)}
-    name = args.get("model") if isinstance(args.get("model"), str) else None
-    config, _ = infer_config({k: tuple(v.shape) for k, v in state.items()}, model_name=name,
-                             in_context_start=in_context_start, source=path, **dropout)  # fmt: skip
-    model = build_model(JiT, config, state, device, path)
-    epoch = ckpt.get("epoch")
-    info = ModelInfo.create(
-        config, prediction="x", noise_scale=_number(args, "noise_scale", 2.0 if config.input_size >= 512 else 1.0),
-        t_eps=_number(args, "t_eps", 0.05), cfg=_number(args, "cfg", 1.0),
-        cfg_interval=(_number(args, "interval_min", 0.1), _number(args, "interval_max", 1.0)),
-        source=f"{path} (epoch {epoch})" if isinstance(epoch, int) else str(path), weights=weights,
-    )  # fmt: skip
-    return model, info
+    model = build_model(JiT, config, state, device, path, check=False)  # official_config checked the keys
+    return model, official_info(ckpt, path, config, weights)
 
 
 def load_official(

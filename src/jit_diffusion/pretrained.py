@@ -64,13 +64,17 @@ def config_shapes(model_cls: type, config: JiTConfig) -> dict[str, tuple[int, ..
     return shapes_of(model.state_dict())
 
 
-def build_model(model_cls: type, config: JiTConfig, state: Mapping[str, torch.Tensor], device, source) -> Any:
-    """Build on the meta device, check every key and shape, then allocate on ``device`` and load (strict).
+def build_model(
+    model_cls: type, config: JiTConfig, state: Mapping[str, torch.Tensor], device, source, *, check: bool = True
+) -> Any:
+    """Build on the meta device, check every key and shape (``check=False``: the caller already did), then
+    allocate on ``device`` and load (strict).
 
     Returns the model in eval mode; the fixed tables (RoPE, not in the state dict) are recomputed."""
     with torch.device("meta"):
         model = model_cls(**dataclasses.asdict(config))
-    check_state_dict(shapes_of(model.state_dict()), shapes_of(state), source)
+    if check:
+        check_state_dict(shapes_of(model.state_dict()), shapes_of(state), source)
     model = model.to_empty(device=device)
     model.init_tables()
     model.load_state_dict(state, strict=True)
@@ -100,6 +104,37 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 # --------------------------------------------------------------------------------------------
 
 
+def export_info(model: torch.nn.Module, info: ModelInfo | None = None) -> ModelInfo:
+    """The settings an export writes: ``info``, else the model's ``pretrained_info``, else the defaults, with
+    one class name per class (``0``, ``1``, ... when it has none)."""
+    info = info or getattr(model, "pretrained_info", None) or ModelInfo.create(model.config)
+    names = list(info.class_names) or [str(i) for i in range(model.num_classes)]
+    if len(names) != model.num_classes:
+        raise ValueError(f"{len(names)} class names given for a model with {model.num_classes} classes")
+    return dataclasses.replace(info, class_names=names)
+
+
+def export_tensors(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The state dict on the CPU in ``dtype``; ``pos_embed``, a fixed table, stays fp32."""
+    return {k: v.detach().to("cpu", torch.float32 if k == "pos_embed" else dtype).contiguous()
+            for k, v in model.state_dict().items()}  # fmt: skip
+
+
+def settings_blocks(info: ModelInfo) -> dict[str, dict[str, Any]]:
+    """The ``flow`` and ``sampling`` blocks an export records (read back by :func:`recorded_settings`)."""
+    return {
+        "flow": {"prediction": info.prediction, "noise_scale": info.noise_scale, "t_eps": info.t_eps},
+        "sampling": {"cfg": info.cfg, "cfg_interval": list(info.cfg_interval), "method": info.method},
+    }
+
+
+def recorded_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The :class:`ModelInfo` settings in the ``flow`` and ``sampling`` blocks of ``config`` (None where absent)."""
+    flow, sampling = config.get("flow") or {}, config.get("sampling") or {}
+    return dict(prediction=flow.get("prediction"), noise_scale=flow.get("noise_scale"), t_eps=flow.get("t_eps"),
+                cfg=sampling.get("cfg"), cfg_interval=sampling.get("cfg_interval"), method=sampling.get("method"))
+
+
 def export_config(model: torch.nn.Module, info: ModelInfo, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """The ``config.json`` contents for ``model`` with ``info``."""
     config = dataclasses.asdict(model.config)
@@ -110,8 +145,7 @@ def export_config(model: torch.nn.Module, info: ModelInfo, dtype: torch.dtype = 
         "num_params": model.num_params(),
         "dtype": str(dtype).removeprefix("torch."),
         "weights": info.weights,
-        "flow": {"prediction": info.prediction, "noise_scale": info.noise_scale, "t_eps": info.t_eps},
-        "sampling": {"cfg": info.cfg, "cfg_interval": list(info.cfg_interval), "method": info.method},
+        **settings_blocks(info),
         "class_names": list(info.class_names),
         "source": info.source,
         "step": info.step,
@@ -126,17 +160,10 @@ def write_pretrained_files(
     dtype = resolve_dtype(dtype)
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"export dtype must be fp32 or bf16, got {dtype}")
-    info = info or getattr(model, "pretrained_info", None) or ModelInfo.create(model.config)
-    names = list(info.class_names) or [str(i) for i in range(model.num_classes)]
-    if len(names) != model.num_classes:
-        raise ValueError(f"{len(names)} class names given for a model with {model.num_classes} classes")
-    info = dataclasses.replace(info, class_names=names)
+    info = export_info(model, info)
     folder = Path(folder)
     config = export_config(model, info, dtype)
-    tensors = {
-        k: v.detach().to("cpu", torch.float32 if k == "pos_embed" else dtype).contiguous()
-        for k, v in model.state_dict().items()
-    }
+    tensors = export_tensors(model, dtype)
     metadata = {"format": "pt", "jit_diffusion": FORMAT, "preset": config["preset"] or "", "weights": info.weights}
     atomic_write_path(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     save_json(folder / CONFIG_NAME, config)
@@ -171,8 +198,9 @@ def is_export_folder(path: str | Path) -> bool:
     return path.is_dir() and (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
 
 
-def read_pretrained_config(folder: str | Path) -> dict[str, Any]:
-    """Read and check ``config.json`` of an export folder; returns it with ``model_config`` complete."""
+def read_export(folder: str | Path) -> tuple[dict[str, Any], JiTConfig]:
+    """Read and check ``config.json`` of an export folder: the contents (``model_config`` complete) and the
+    :class:`JiTConfig` they describe."""
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (expected an export folder with {CONFIG_NAME})")
@@ -185,19 +213,35 @@ def read_pretrained_config(folder: str | Path) -> dict[str, Any]:
     model_config = config.get("model_config")
     if not isinstance(model_config, dict):
         raise ValueError(f"{path} has no 'model_config' object")
-    config["model_config"] = dataclasses.asdict(JiTConfig.from_dict(model_config, source=str(path)))
-    return config
+    parsed = JiTConfig.from_dict(model_config, source=str(path))
+    config["model_config"] = dataclasses.asdict(parsed)
+    return config, parsed
+
+
+def read_pretrained_config(folder: str | Path) -> dict[str, Any]:
+    """Read and check ``config.json`` of an export folder; returns it with ``model_config`` complete."""
+    return read_export(folder)[0]
+
+
+def read_export_weights(folder: str | Path, model_cls: type, model_config: JiTConfig) -> dict[str, torch.Tensor]:
+    """The tensors of an export folder's ``model.safetensors``; every key and shape is checked against
+    ``model_config`` from the file header before a tensor is read."""
+    weights_path = Path(folder) / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{weights_path} does not exist (expected the weights next to {CONFIG_NAME})")
+    try:
+        with safe_open(str(weights_path), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        check_state_dict(config_shapes(model_cls, model_config), shapes, weights_path)
+        return load_file(str(weights_path))
+    except SafetensorError as err:
+        raise ValueError(f"cannot read {weights_path}: {err}") from None
 
 
 def info_from_export(config: Mapping[str, Any], source: str) -> ModelInfo:
     """The :class:`ModelInfo` recorded in an export's ``config.json``."""
-    flow, sampling = config.get("flow") or {}, config.get("sampling") or {}
-    return ModelInfo.create(
-        config["model_config"], config.get("class_names"), prediction=flow.get("prediction"),
-        noise_scale=flow.get("noise_scale"), t_eps=flow.get("t_eps"), cfg=sampling.get("cfg"),
-        cfg_interval=sampling.get("cfg_interval"), source=source, weights=config.get("weights"),
-        step=config.get("step"), method=sampling.get("method"),
-    )  # fmt: skip
+    return ModelInfo.create(config["model_config"], config.get("class_names"), **recorded_settings(config),
+                            source=source, weights=config.get("weights"), step=config.get("step"))  # fmt: skip
 
 
 def load_pretrained(
@@ -207,21 +251,10 @@ def load_pretrained(
     dtype: str | torch.dtype | None = None,
 ) -> tuple[Any, ModelInfo]:
     """Open an export folder: a ``model_cls`` in eval mode on ``device`` (fp32 unless ``dtype``) and its info."""
-    folder = Path(folder)
-    config = read_pretrained_config(folder)
-    weights_path = folder / WEIGHTS_NAME
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"{weights_path} does not exist (expected the weights next to {CONFIG_NAME})")
-    info = info_from_export(config, str(folder))
-    model_config = JiTConfig(**config["model_config"])
-    try:
-        with safe_open(str(weights_path), "pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        check_state_dict(config_shapes(model_cls, model_config), shapes, weights_path)
-        state = load_file(str(weights_path))
-    except SafetensorError as err:
-        raise ValueError(f"cannot read {weights_path}: {err}") from None
-    model = build_model(model_cls, model_config, state, torch.device(device), weights_path)
+    config, model_config = read_export(folder)
+    info = info_from_export(config, str(Path(folder)))
+    state = read_export_weights(folder, model_cls, model_config)
+    model = build_model(model_cls, model_config, state, torch.device(device), folder, check=False)
     target = resolve_dtype(dtype)
     return (model.to(target) if target is not None else model), info
 
