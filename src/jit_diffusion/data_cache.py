@@ -103,19 +103,9 @@ def _fill(dataset: Dataset, images: np.ndarray, labels: np.ndarray, loader: Data
     return skipped
 
 
-def build_cache(
-    dataset: Dataset,
-    path: str | os.PathLike,
-    num_workers: int = 0,
-    batch_size: int = 64,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Decode every item of dataset once into ``path/``: ``images.npy`` (N, 3, H, W) uint8,
-    ``labels.npy`` (N,) int64 and ``meta.json``. Items that do not decode are left out and listed in
-    ``meta.json`` (``skipped``: path and reason). Written to a temporary folder, then renamed into
-    place, so an interrupted build never leaves a broken cache. Returns the cache path."""
-    write_cache(dataset, path, num_workers, batch_size, overwrite, progress)
+def build_cache(dataset: Dataset, path: str | os.PathLike, **options) -> Path:
+    """:func:`write_cache` (``options``: its keywords), returning the cache path."""
+    write_cache(dataset, path, **options)
     return Path(path).expanduser()
 
 
@@ -127,8 +117,11 @@ def write_cache(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """:func:`build_cache`, returning the contents of the ``meta.json`` it wrote (``num_items``,
-    ``skipped``, ...) so a caller need not read it back."""
+    """Decode every item of dataset once into ``path/``: ``images.npy`` (N, 3, H, W) uint8,
+    ``labels.npy`` (N,) int64 and ``meta.json``. Items that do not decode are left out and listed in
+    ``meta.json`` (``skipped``: path and reason). Written to a temporary folder, then renamed into
+    place, so an interrupted build never leaves a broken cache. Returns the contents of ``meta.json``
+    (``num_items``, ``skipped``, ...) so a caller need not read it back."""
     from tqdm import tqdm
 
     path = Path(path).expanduser()
