@@ -1,0 +1,1 @@
+"""Evaluation: Inception metrics, Frechet distance, the sample store, sweeps, the small classifier, `jit eval`."""

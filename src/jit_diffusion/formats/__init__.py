@@ -1,0 +1,1 @@
+"""Model files: training checkpoints, official checkpoints, diffusers layouts, conversion, and loading any of them."""

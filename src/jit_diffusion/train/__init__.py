@@ -1,0 +1,1 @@
+"""Training: the run config and flags, data order and draws, optimizer, state, logging, health, the trainer."""
