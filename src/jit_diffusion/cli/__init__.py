@@ -1,9 +1,10 @@
 """The ``jit`` command line: one entry point, one subcommand per job.
 
-Each job module exposes ``add_cli(subparsers)``, which registers its subcommand(s) and sets
-``func`` to the function that runs them. Errors meant for the user are raised as
-:class:`UserError` (or ValueError/FileNotFoundError from our own checks) and printed as one line;
-set ``JIT_DEBUG=1`` to see the traceback instead.
+Each command module of this package exposes ``add_cli(subparsers)``, which registers its subcommand(s)
+and sets ``func`` to the function that runs them: flags in, calls of library functions that take plain
+arguments, printing out. Errors meant for the user are raised as :class:`UserError` (or
+ValueError/FileNotFoundError from our own checks) and printed as one line; set ``JIT_DEBUG=1`` to see
+the traceback instead.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from ..core.errors import UserError
 
 # modules that register subcommands, in the order they appear in `jit --help`
 _COMMAND_MODULES = [
-    "jit_diffusion.train.trainer",
-    "jit_diffusion.diffusion.generate",
-    "jit_diffusion.evaluation.evaluate",
-    "jit_diffusion.evaluation.classifier",
-    "jit_diffusion.data.datasets",
-    "jit_diffusion.formats.convert",
-    "jit_diffusion.toy.experiment",
+    "jit_diffusion.cli.train",
+    "jit_diffusion.cli.sample",
+    "jit_diffusion.cli.eval",
+    "jit_diffusion.cli.classifier",
+    "jit_diffusion.cli.data",
+    "jit_diffusion.cli.convert",
+    "jit_diffusion.cli.toy",
 ]
 
 

@@ -20,12 +20,12 @@ the result is cached as ``model.safetensors`` + ``config.json`` in
 with the reference statistics (``reference-<split>.npz``).
 
 Modules: :mod:`.classifier_net` (the network and its files), :mod:`.classifier_train` (data, training,
-the cache); this one measures (reference features, :class:`ClassifierMetrics`) and holds the command.
+the cache); this one measures (reference features, :class:`ClassifierMetrics`); ``jit classifier`` is
+:mod:`jit_diffusion.cli.classifier`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.device import resolve_device
 from ..core.fileio import atomic_write_bytes
 from .classifier_net import ClassifierConfig, SmallCNN, class_accuracy, load_classifier, predict, save_classifier
 from .classifier_train import (
@@ -48,7 +47,7 @@ from .classifier_train import (
 from .frechet import feature_stats, frechet_distance
 
 # the names scripts and tests import from here
-__all__ = ["ACCURACY_KEY", "ClassifierConfig", "ClassifierMetrics", "SmallCNN", "add_cli", "augment", "data_slug",
+__all__ = ["ACCURACY_KEY", "ClassifierConfig", "ClassifierMetrics", "SmallCNN", "augment", "data_slug",
            "dataset_arrays", "get_classifier", "load_classifier", "metric_name_for", "reference_features",
            "save_classifier", "train_classifier"]  # fmt: skip
 
@@ -130,31 +129,7 @@ class ClassifierMetrics:
         return self.score(*self.extract(images), labels)
 
 
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-
-def _print_config(config: ClassifierConfig, folder: Path) -> None:
-    held = "n/a" if config.heldout_accuracy is None else f"{config.heldout_accuracy:.2%}"
-    train = "n/a" if config.train_accuracy is None else f"{config.train_accuracy:.2%}"
-    print(f"classifier {folder}")
-    print(f"  data {config.data!r} at {config.image_size} px, {config.num_classes} classes, "
-          f"metric {config.metric_name}")  # fmt: skip
-    print(f"  trained on {config.train_images} images for {config.epochs} epochs (seed {config.seed}, "
-          f"{config.threads} threads) in {config.train_seconds} s")  # fmt: skip
-    print(f"  accuracy: train {train}, held-out {held} ({config.heldout_images} images)")
-
-
-def _cmd_train(args: argparse.Namespace) -> None:
-    model, config, folder = get_classifier(
-        args.data, args.img_size, folder=args.out, retrain=args.force, device=resolve_device(args.device),
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, threads=args.threads,
-    )  # fmt: skip
-    _print_config(config, folder)
-
-
-def _load_npz_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+def load_npz_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """uint8 (N, H, W, 3) images (``arr_0``) and labels (``labels`` or ADM's ``arr_1``) of a samples .npz."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -167,58 +142,3 @@ def _load_npz_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
     return images, labels
-
-
-def _cmd_score(args: argparse.Namespace) -> None:
-    if bool(args.npz) == bool(args.split):
-        raise ValueError("give exactly one of --npz SAMPLES.npz or --split SPLIT (real images of --data)")
-    if args.npz:
-        images, labels = _load_npz_samples(args.npz)
-        size, what = images.shape[1], args.npz
-    else:
-        size = args.img_size
-        images, labels = dataset_arrays(load_split(args.data, size, args.split))
-        what = f"{args.data}/{args.split} (real images)"
-    if images.shape[1] != images.shape[2]:
-        raise ValueError(f"images must be square, got {images.shape[1]}x{images.shape[2]}")
-    metrics = ClassifierMetrics.create(args.data, size, classifier=args.classifier, reference_split=args.ref_split,
-                                       device=resolve_device(args.device))  # fmt: skip
-    result = metrics.compute(images, labels)
-    print(f"{what}: {len(images)} images at {size} px vs {metrics.config.data}/{args.ref_split} "
-          f"({metrics.reference['count']} images), classifier {metrics.folder}")  # fmt: skip
-    print(f"  {metrics.fd_name} {result[metrics.fd_name]:.4f}")
-    if ACCURACY_KEY in result:
-        print(f"  class accuracy {result[ACCURACY_KEY]:.2%}")
-    else:
-        print("  class accuracy n/a (the samples have no labels)")
-
-
-def add_cli(sub) -> None:
-    p = sub.add_parser("classifier", help="the small CNN behind the offline FD-emoji and class-accuracy metrics",
-                       description=__doc__.split("\n\n")[0])  # fmt: skip
-    actions = p.add_subparsers(dest="classifier_command", metavar="ACTION", required=True)
-
-    t = actions.add_parser("train", help="train (or show the cached) classifier for a dataset and image size")
-    t.add_argument("--data", default="emoji", help="'emoji' (default) or a class-folder dataset")
-    t.add_argument("--img-size", type=int, required=True, help="image side in pixels")
-    t.add_argument("--out", default=None, help="classifier folder (default: the cache, $JIT_CACHE_DIR/classifiers/)")
-    t.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
-    t.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
-    t.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default 2e-3)")
-    t.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    t.add_argument("--threads", type=int, default=1,
-                   help="CPU threads (default 1); the weights are bitwise reproducible for a fixed count")  # fmt: skip
-    t.add_argument("--device", default="cpu", help="cpu (default, reproducible), cuda, auto")
-    t.add_argument("--force", action="store_true", help="retrain even if the classifier is cached")
-    t.set_defaults(func=_cmd_train)
-
-    s = actions.add_parser("score", help="FD and class accuracy of a samples .npz or of real images")
-    s.add_argument("--npz", default=None, help="samples .npz: arr_0 uint8 (N,H,W,3), labels in 'labels' or arr_1")
-    s.add_argument("--split", default=None, help="score real images of this split of --data instead (e.g. heldout)")
-    s.add_argument("--data", default="emoji", help="dataset of the classifier and reference (default emoji)")
-    s.add_argument("--img-size", type=int, default=64, help="image size for --split (default 64)")
-    s.add_argument("--classifier", default=None, help="classifier folder (default: cached/trained for --data)")
-    s.add_argument("--ref-split", default="train", choices=REFERENCE_SPLITS,
-                   help="real images the FD is measured against (default train)")  # fmt: skip
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    s.set_defaults(func=_cmd_score)

@@ -1,11 +1,12 @@
-"""The ``jit eval`` and ``jit fid-stats`` commands.
+"""``jit eval``: plan, generate and score sample sets (its flags are :mod:`jit_diffusion.cli.eval`).
 
 ``jit eval MODEL --num N --out DIR`` writes, per setting of the sweep (weights x CFG, :mod:`.sweep`),
 ``DIR/<setting>/samples/`` (resumable chunks, :mod:`.sample_store`) and ``DIR/<setting>/metrics.json``
 (Inception FID/IS/PR or the offline classifier's FD-<dataset> and class accuracy, :mod:`.metrics`),
 and for the whole sweep ``DIR/sweep.{md,csv,png}``. Under torchrun every rank generates its share of
 the chunks; rank 0 then computes the metrics. Every check that can fail runs before anything is
-generated: without Inception weights the command stops at once.
+generated: without Inception weights the command stops at once. :func:`run_eval` still takes the
+parsed flags (an ``argparse.Namespace``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..core.device import resolve_device
 from ..core.distributed import barrier, cleanup, init_distributed
 from ..core.fileio import save_json
-from ..diffusion.generate import add_sampling_args, compile_for_sampling
+from ..diffusion.generate import compile_for_sampling
 from ..diffusion.sampling import METHODS, network_evaluations, resolve_grid, sampling_times
 from ..formats.loading import Source, open_source
 from .frechet import StatsAccumulator, feature_stats, frechet_distance
@@ -33,23 +33,20 @@ from .metrics import (
     Scorer,
     UInt8Images,
     dataset_reference,
-    default_inception_path,
     inception_scores,
     inception_weights,
     load_stats,
     needs_classifier,
     needs_inception,
     parse_metrics,
-    reference_source,
-    save_stats,
 )
 from .sample_store import check_resume, generate_chunks, iter_chunks, sample_labels, write_adm_npz
 from .sweep import Setting, format_value, parse_list, sweep_settings, write_sweep
 
 # the names tests and scripts have imported from here since before the split
-__all__ = ["INCEPTION_WEIGHTS_URL", "InceptionFeatures", "StatsAccumulator", "UInt8Images", "add_cli",
+__all__ = ["INCEPTION_WEIGHTS_URL", "InceptionFeatures", "StatsAccumulator", "UInt8Images",
            "feature_stats", "frechet_distance", "generate_chunks", "inception_scores", "inception_weights",
-           "run_eval", "run_fid_stats", "sample_labels"]  # fmt: skip
+           "run_eval", "sample_labels"]  # fmt: skip
 
 
 @dataclass
@@ -77,7 +74,7 @@ class EvalPlan:
         return needs_classifier(self.metrics)
 
 
-def _check_data_spec(spec: str | None, what: str) -> None:
+def check_data_spec(spec: str | None, what: str) -> None:
     if spec is not None and spec != "emoji" and not Path(spec).expanduser().exists():
         raise FileNotFoundError(f"{what} {spec!r} does not exist (expected 'emoji' or a folder)")
 
@@ -92,8 +89,8 @@ def _check_flags(args: argparse.Namespace, metrics: list[str]) -> None:
         with np.load(Path(args.ref_stats).expanduser()) as f:
             if "features" not in f:
                 raise ValueError(f"precision/recall need reference features: {args.ref_stats} has only mu/sigma")
-    _check_data_spec(args.ref_dir, "--ref-dir")
-    _check_data_spec(args.data, "--data")
+    check_data_spec(args.ref_dir, "--ref-dir")
+    check_data_spec(args.data, "--data")
     if args.classifier and not (Path(args.classifier).expanduser() / "config.json").is_file():
         raise FileNotFoundError(f"--classifier {args.classifier} holds no classifier (config.json)")
 
@@ -285,70 +282,3 @@ def run_eval(args: argparse.Namespace) -> None:
     for path in write_sweep(plan.out_dir, rows):
         print(f"wrote {path}")
     cleanup(dist_info)
-
-
-def run_fid_stats(args: argparse.Namespace) -> None:
-    """``jit fid-stats``: Inception reference statistics of a dataset, written as an ``.npz``."""
-    from ..data.datasets import load_dataset
-
-    weights = inception_weights(args.inception_weights)
-    _check_data_spec(args.source, "dataset")
-    device = resolve_device(args.device)
-    dataset = load_dataset(args.source, args.img_size, split=args.split)
-    net = InceptionFeatures(weights, device, batch_size=args.batch_size)
-    start = time.perf_counter()
-    stats = net.reference(dataset, keep_features=args.with_features, num_workers=args.num_workers)
-    source = reference_source(args.source, args.split, args.img_size, net.feature_layer)
-    path = save_stats(args.out, stats, source=np.array(source))
-    print(f"wrote {path}: {stats['count']} images, {net.feature_layer}-d Inception features, "
-          f"{time.perf_counter() - start:.1f} s")  # fmt: skip
-
-
-def add_cli(sub) -> None:
-    p = sub.add_parser("eval", help="generate sample sets and compute FID/IS/PR or FD-emoji/accuracy, with sweeps",
-                       description="Generate N images per (EMA, CFG) setting in resumable chunks (torchrun shards "
-                                   "them over ranks) and compute metrics; writes DIR/<setting>/metrics.json and "
-                                   "DIR/sweep.{md,csv,png}. --steps 10,20 --method heun,dpm++2m sweeps the "
-                                   "sampler and plots each metric against network evaluations.")  # fmt: skip
-    p.add_argument("model_path", help="run folder, checkpoint .pt, exported folder, or official checkpoint .pth")
-    p.add_argument("--num", "--num-images", dest="num", type=int, default=None,
-                   help="images per setting, class of image i = i %% num_classes (under torchrun spell it "
-                        "--num-images: torchrun takes --num for its own --numa-binding)")  # fmt: skip
-    p.add_argument("--per-class", type=int, default=None, help="images per class (N = K x num_classes)")
-    p.add_argument("--out", required=True, help="output folder (rerunning the same command resumes)")
-    p.add_argument("--cfg", default=None, help="guidance weight(s), comma list for a sweep (default: the model's)")
-    p.add_argument("--ema", default=None,
-                   help="weights, comma list for a sweep: ema1 (default; an export folder: its own), ema2, raw")
-    p.add_argument("--metrics", default="fid,is",
-                   help="comma list of fid, is, pr (Inception), fd-emoji, acc (offline classifier), or none "
-                        "(default fid,is)")  # fmt: skip
-    p.add_argument("--ref-stats", default=None, help="precomputed Inception statistics .npz (mu, sigma)")
-    p.add_argument("--ref-dir", default=None, help="reference images: a folder or 'emoji' (default: training data)")
-    p.add_argument("--ref-split", default="train", help="split of --ref-dir (default train)")
-    p.add_argument("--inception-weights", default=None,
-                   help=f"Inception weights file (default: torch-fidelity's cache, {default_inception_path()})")
-    p.add_argument("--data", default=None, help="the model's dataset for fd-emoji/acc (default: from the checkpoint)")
-    p.add_argument("--classifier", default=None, help="classifier folder for fd-emoji/acc (default: cached/trained)")
-    p.add_argument("--classifier-ref-split", default="train", choices=("train", "heldout", "all"),
-                   help="real images FD-emoji compares against (default train)")  # fmt: skip
-    p.add_argument("--adm-npz", action="store_true", help="also write all samples as one .npz (arr_0) per setting")
-    p.add_argument("--chunk-size", type=int, default=500, help="images per resumable chunk (default 500)")
-    p.add_argument("--metric-batch-size", type=int, default=64, help="images per Inception batch (default 64)")
-    p.add_argument("--num-workers", type=int, default=0, help="data-loading workers for reference images")
-    add_sampling_args(p, sweep=True)
-    p.set_defaults(func=run_eval)
-
-    s = sub.add_parser("fid-stats", help="Inception reference statistics (mu, sigma) of an image folder or emoji",
-                       description="Reference statistics for FID: 2048-d Inception pool features of a dataset, "
-                                   "preprocessed exactly like training data (ADM centre crop).")  # fmt: skip
-    s.add_argument("source", help="an image folder, a dataset cache, or 'emoji'")
-    s.add_argument("--img-size", type=int, required=True, help="image size the model generates")
-    s.add_argument("--out", required=True, help="statistics file to write (.npz)")
-    s.add_argument("--split", default="train", help="dataset split (default train)")
-    s.add_argument("--inception-weights", default=None, help="Inception weights file (default: torch-fidelity's cache)")
-    s.add_argument("--with-features", action="store_true", help="also store the features (for precision/recall)")
-    s.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
-    s.add_argument("--num-workers", type=int, default=0, help="data-loading workers")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    s.set_defaults(func=run_fid_stats)
-

@@ -1,18 +1,17 @@
-"""The trainer: ``jit train``, one process or many under torchrun, with exact resume.
+"""The trainer (``jit train``, :mod:`jit_diffusion.cli.train`): one process or many under torchrun, with exact resume.
 
 Every random draw of a step (time, noise, flip, label drop) is a function of (seed, step, position
-in the global batch) (see :mod:`rng`), and the data order is a function of (seed, epoch), so a run
+in the global batch) (see :mod:`jit_diffusion.core.rng`), and the data order is a function of (seed, epoch), so a run
 gives the same result on 1 or N processes and a resumed run continues bit-for-bit where it stopped.
 
-The pieces live beside this file: the config (:mod:`train_config`), the flags (:mod:`train_flags`),
-data order and draws (:mod:`train_data`), optimizer and schedule (:mod:`train_optim`), checkpoint
-state (:mod:`train_state`), preview grids (:mod:`train_preview`), the log (:mod:`train_log`), early
-stops (:mod:`train_health`) and preemption signals (:mod:`train_signals`).
+The pieces live beside this file: the config (:mod:`.config`), the flags (:mod:`.flags`), data order
+and draws (:mod:`.draws`), optimizer and schedule (:mod:`.optim`), checkpoint state (:mod:`.state`),
+preview grids (:mod:`.preview`), the log (:mod:`.log`), early stops (:mod:`.health`) and preemption
+signals (:mod:`.signals`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from ..formats.checkpoint import latest_checkpoint, writing_to
 from ..models.jit import JiT
 from .config import TrainConfig, compile_scope, compiles, model_config, validate
 from .draws import Augment, KeyedStepSampler, StepBatchSampler, default_workers, make_loader
-from .flags import add_parser, config_from_args
+from .flags import config_from_args
 from .graphed_step import GraphedTrainStep, apply_update, micro_batch_backward
 from .health import (
     STOP_BAD_IMAGES,
@@ -49,8 +48,8 @@ from .signals import Preemption
 from .state import read_resume, restore_training_state, save_state, training_state
 
 __all__ = [
-    "StepBatchSampler", "TrainConfig", "Trainer", "TrainingDiverged", "add_cli", "config_from_args",
-    "learning_rate", "model_config", "param_groups", "run_train",
+    "StepBatchSampler", "TrainConfig", "Trainer", "TrainingDiverged", "config_from_args",
+    "learning_rate", "model_config", "param_groups",
 ]  # fmt: skip
 
 
@@ -332,26 +331,3 @@ class Trainer:
 
     def close(self) -> None:
         cleanup(self.dist)
-
-
-# --------------------------------------------------------------------------------------------
-# command line
-# --------------------------------------------------------------------------------------------
-
-
-def add_cli(sub) -> None:
-    """Register ``jit train``."""
-    add_parser(sub).set_defaults(func=run_train)
-
-
-def run_train(args: argparse.Namespace) -> int:
-    """``jit train``: 0 when done, ``--requeue-exit-code`` (default 0) after a preemption stop."""
-    cfg, resume = config_from_args(args)
-    trainer = Trainer(cfg, resume=resume)
-    try:
-        summary = trainer.run()
-    finally:
-        trainer.close()
-    if summary.get("preempted") and cfg.requeue_exit_code is not None:
-        return cfg.requeue_exit_code
-    return 0
