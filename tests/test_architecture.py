@@ -2,6 +2,7 @@
 
 import ast
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "jit_diffusion"
 # package's __init__ comes after its modules. "" is the top package (its __init__: the Python API), which
 # only the command line sits above. docs/architecture.md draws the same layers.
 LAYERS = {
-    "core": ["errors", "fileio", "device", "triton_kernels", "kernels", "rng", "images", "distributed",
+    "core": ["lazy", "errors", "fileio", "device", "triton_kernels", "kernels", "rng", "images", "distributed",
              "parallel"],
     "models": ["config", "flops", "layers", "pretrained", "jit"],
     "diffusion": ["flow", "solvers", "sampling", "ema", "generate"],
@@ -159,3 +160,23 @@ def test_files_and_functions_are_short():
                 if length > MAX_FUNCTION_LINES:
                     too_long.append(f"{name}.py:{node.lineno} {node.name}: {length} lines")
     assert too_long == []
+
+
+def test_package_exports_resolve():
+    import importlib
+
+    for pkg in LAYERS:
+        if pkg == "cli":
+            continue
+        package = importlib.import_module(dotted("jit_diffusion", pkg))
+        missing = [name for name in package.__all__ if not hasattr(package, name)]
+        assert missing == [], f"{package.__name__} exports names it does not have"
+
+
+def test_readme_examples_import_only_the_top_package():
+    readme = (PACKAGE.parents[1] / "README.md").read_text()
+    blocks = readme.split("```python")[1:]
+    assert blocks, "the README has a Python example"
+    deep = [line.strip() for block in blocks for line in block.split("```")[0].splitlines()
+            if re.match(r"\s*(from\s+jit_diffusion\.|import\s+jit_diffusion\.)", line)]  # fmt: skip
+    assert deep == [], "README examples import from `jit_diffusion` only (its __init__ exports the API)"
