@@ -15,15 +15,13 @@ from .models.jit import JiT, create_model
 __version__ = "0.1.0"
 
 # imported on first use
-_LAZY = {
-    "generate": "diffusion.generate",
-    "sample": "diffusion.sampling",
-    "METHODS": "diffusion.solvers",
-    "SOLVERS": "diffusion.solvers",
-    "load_dataset": "data.datasets",
-    "TrainConfig": "train.config",
-    "Trainer": "train.trainer",
-}
+_LAZY, __getattr__ = lazy_exports(__name__, {
+    "diffusion.generate": ("generate",),
+    "diffusion.sampling": ("sample",),
+    "diffusion.solvers": ("METHODS", "SOLVERS"),
+    "data.datasets": ("load_dataset",),
+    "train.config": ("TrainConfig",),
+    "train.trainer": ("Trainer",),
+})
 __all__ = ["JiT", "JiTConfig", "ModelInfo", "PRESETS", "create_model", "load_model", "open_source", "preset_config",
            "__version__", *_LAZY]  # fmt: skip
-__getattr__ = lazy_exports(__name__, _LAZY)

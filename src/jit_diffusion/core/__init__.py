@@ -2,23 +2,10 @@
 
 from .lazy import lazy_exports
 
-_EXPORTS = {
-    "UserError": "errors",
-    "atomic_folder": "fileio",
-    "atomic_write_bytes": "fileio",
-    "atomic_write_path": "fileio",
-    "atomic_write_text": "fileio",
-    "read_json_object": "fileio",
-    "safe_torch_load": "fileio",
-    "save_json": "fileio",
-    "autocast_context": "device",
-    "check_precision": "device",
-    "resolve_device": "device",
-    "make_grid": "images",
-    "save_grid": "images",
-    "save_npz": "images",
-    "save_png_folder": "images",
-    "to_uint8": "images",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__ = lazy_exports(__name__, {
+    "errors": ("UserError",),
+    "fileio": ("atomic_folder", "atomic_write_bytes", "atomic_write_path", "atomic_write_text", "read_json_object",
+               "safe_torch_load", "save_json"),
+    "device": ("autocast_context", "check_precision", "resolve_device"),
+    "images": ("make_grid", "save_grid", "save_npz", "save_png_folder", "to_uint8"),
+})

@@ -7,14 +7,15 @@ import importlib
 from collections.abc import Callable
 
 
-def lazy_exports(package: str, table: dict[str, str]) -> Callable[[str], object]:
-    """The module ``__getattr__`` of ``package`` exporting ``table`` (public name -> the package's module that
-    defines it): ``from jit_diffusion.train import Trainer`` imports ``jit_diffusion.train.trainer`` then."""
+def lazy_exports(package: str, table: dict[str, tuple[str, ...]]) -> tuple[list[str], Callable[[str], object]]:
+    """``__all__`` and the module ``__getattr__`` of ``package``, which exports ``table`` (a module of the
+    package -> the public names it defines): ``from jit_diffusion.train import Trainer`` imports
+    ``jit_diffusion.train.trainer`` then."""
+    where = {name: module for module, names in table.items() for name in names}
 
     def __getattr__(name: str) -> object:
-        module = table.get(name)
-        if module is None:
+        if name not in where:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        return getattr(importlib.import_module(f"{package}.{module}"), name)
+        return getattr(importlib.import_module(f"{package}.{where[name]}"), name)
 
-    return __getattr__
+    return sorted(where), __getattr__

@@ -2,14 +2,9 @@
 
 from ..core.lazy import lazy_exports
 
-_EXPORTS = {
-    "class_grid": "datasets",
-    "load_dataset": "datasets",
-    "CorruptImageError": "image_folder",
-    "ImageFolderDataset": "image_folder",
-    "CachedDataset": "cache",
-    "write_cache": "cache",
-    "EmojiDataset": "emoji",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__ = lazy_exports(__name__, {
+    "datasets": ("class_grid", "load_dataset"),
+    "image_folder": ("CorruptImageError", "ImageFolderDataset"),
+    "cache": ("CachedDataset", "write_cache"),
+    "emoji": ("EmojiDataset",),
+})

@@ -2,16 +2,9 @@
 
 from ..core.lazy import lazy_exports
 
-_EXPORTS = {
-    "FlowMatching": "flow",
-    "METHODS": "solvers",
-    "SOLVERS": "solvers",
-    "GuidedVelocity": "sampling",
-    "image_noise": "sampling",
-    "sample": "sampling",
-    "solve": "sampling",
-    "time_grid": "sampling",
-    "EMA": "ema",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__ = lazy_exports(__name__, {
+    "flow": ("FlowMatching",),
+    "solvers": ("METHODS", "SOLVERS"),
+    "sampling": ("GuidedVelocity", "image_noise", "sample", "solve", "time_grid"),
+    "ema": ("EMA",),
+})

@@ -2,14 +2,10 @@
 
 from ..core.lazy import lazy_exports
 
-_EXPORTS = {
-    "feature_stats": "frechet",
-    "frechet_distance": "frechet",
-    "InceptionFeatures": "metrics",
-    "Scorer": "metrics",
-    "Setting": "sweep",
-    "ClassifierMetrics": "classifier",
-    "run_eval": "evaluate",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__ = lazy_exports(__name__, {
+    "frechet": ("feature_stats", "frechet_distance"),
+    "metrics": ("InceptionFeatures", "Scorer"),
+    "sweep": ("Setting",),
+    "classifier": ("ClassifierMetrics",),
+    "evaluate": ("run_eval",),
+})

@@ -2,15 +2,9 @@
 
 from ..core.lazy import lazy_exports
 
-_EXPORTS = {
-    "Source": "loading",
-    "load_model": "loading",
-    "open_source": "loading",
-    "latest_checkpoint": "checkpoint",
-    "read_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "load_official": "official",
-    "save_diffusers": "diffusers_folder",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__ = lazy_exports(__name__, {
+    "loading": ("Source", "load_model", "open_source"),
+    "checkpoint": ("latest_checkpoint", "read_checkpoint", "save_checkpoint"),
+    "official": ("load_official",),
+    "diffusers_folder": ("save_diffusers",),
+})

@@ -2,10 +2,7 @@
 
 from ..core.lazy import lazy_exports
 
-_EXPORTS = {
-    "ToyConfig": "experiment",
-    "run_toy": "experiment",
-    "sliced_wasserstein": "report",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__ = lazy_exports(__name__, {
+    "experiment": ("ToyConfig", "run_toy"),
+    "report": ("sliced_wasserstein",),
+})

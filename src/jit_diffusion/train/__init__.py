@@ -2,10 +2,8 @@
 
 from ..core.lazy import lazy_exports
 
-_EXPORTS = {
-    "TrainConfig": "config",
-    "config_from_args": "flags",
-    "Trainer": "trainer",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__ = lazy_exports(__name__, {
+    "config": ("TrainConfig",),
+    "flags": ("config_from_args",),
+    "trainer": ("Trainer",),
+})
