@@ -153,7 +153,7 @@ def test_norm_rope_traces_under_compile(device):
 OFFLINE_COMPILE = textwrap.dedent("""
     import triton
     from triton.backends.compiler import GPUTarget
-    from jit_diffusion import triton_kernels as tk
+    from jit_diffusion.core import triton_kernels as tk
 
     def build(fn, signature, constants):
         signature = {**signature, **{name: "constexpr" for name in constants}}

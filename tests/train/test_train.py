@@ -182,7 +182,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, image_folder, monkey
 
 KILL_IN_WRITE = textwrap.dedent("""
     import os, signal, sys, torch
-    import jit_diffusion.checkpoint as ck
+    import jit_diffusion.formats.checkpoint as ck
     real_save = torch.save
     count = {"n": 0}
     def save(obj, f, *a, **k):

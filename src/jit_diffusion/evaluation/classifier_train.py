@@ -57,7 +57,7 @@ def default_classifier_dir(data: str, image_size: int) -> Path:
 
 
 def load_split(data: str, image_size: int, split: str):
-    """The ``split`` of dataset ``data`` at ``image_size`` (see :func:`jit_diffusion.data.load_dataset`)."""
+    """The ``split`` of dataset ``data`` at ``image_size`` (see :func:`jit_diffusion.data.datasets.load_dataset`)."""
     from ..data.datasets import load_dataset
 
     return load_dataset(data, image_size, split=split)

@@ -2,7 +2,7 @@
 an official ``.pth`` or a diffusers-style folder or file (layouts A, B0, B; :mod:`.diffusers_folder`) all
 become a :class:`Source`, and ``source.load(weights)`` gives the network and its :class:`ModelInfo`.
 ``jit sample``, ``jit eval``, ``jit convert`` and the Python API use it. Opening a diffusers source logs
-one line (logger ``jit_diffusion.loading``, shown by the ``jit`` command) naming the detected layout.
+one line (logger ``jit_diffusion.formats.loading``, shown by the ``jit`` command) naming the detected layout.
 
 A source reads its file once and builds its network once per device: loading another weight set (``ema1``,
 ``ema2``, ``raw``) of the same training or official checkpoint swaps the weights into the model already

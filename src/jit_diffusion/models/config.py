@@ -11,7 +11,7 @@ from typing import Any
 
 @dataclass
 class JiTConfig:
-    """Constructor arguments of :class:`~jit_diffusion.model.JiT`, with the public names."""
+    """Constructor arguments of :class:`~jit_diffusion.models.jit.JiT`, with the public names."""
 
     input_size: int = 256
     patch_size: int = 16

@@ -1,5 +1,5 @@
 """The export format: a folder with ``config.json`` and ``model.safetensors`` (format ``jit-diffusion/1``),
-and the Hugging Face Hub mixin that gives :class:`~jit_diffusion.model.JiT` ``save_pretrained`` /
+and the Hugging Face Hub mixin that gives :class:`~jit_diffusion.models.jit.JiT` ``save_pretrained`` /
 ``from_pretrained`` on that format.
 
 - ``config.json``: ``format``, ``preset`` (or null), ``model_config`` (the :class:`JiTConfig` fields),
@@ -306,7 +306,7 @@ class HubMixin(PyTorchModelHubMixin):
         if not path.exists():
             return super().from_pretrained(pretrained_model_name_or_path, map_location=map_location, **kwargs)
         if _LOCAL_OPENER is None:
-            raise RuntimeError("import jit_diffusion (or jit_diffusion.loading) before loading local sources")
+            raise RuntimeError("import jit_diffusion (or jit_diffusion.formats.loading) before loading local sources")
         model, info = _LOCAL_OPENER(path, weights, map_location)
         if kwargs.get("dtype") is not None:
             model = model.to(resolve_dtype(kwargs["dtype"]))
