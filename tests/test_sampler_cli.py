@@ -150,12 +150,16 @@ def test_output_paths_of_the_wrong_kind_are_one_line(tiny_run, tmp_path, capsys,
      "argument --metric-batch-size: must be >= 1, got 0"),
     (["fid-stats", "emoji", "--img-size", "8", "--out", "{tmp}/s.npz", "--batch-size", "0"],
      "argument --batch-size: must be >= 1, got 0"),
+    (["toy", "--quick", "--workers", "0", "--out", "{tmp}/toy"], "argument --workers: must be >= 1, got 0"),
+    (["data", "check", "{tmp}", "--workers", "-1"], "argument --workers: must be >= 0, got -1"),
+    (["classifier", "train", "--img-size", "0"], "argument --img-size: must be >= 1, got 0"),
 ])  # fmt: skip
 def test_zero_counts_are_refused_before_any_work(tiny_run, tmp_path, capsys, argv, message):  # noqa: F811
     with pytest.raises(SystemExit) as exit_:
         main([a.format(run=tiny_run, tmp=tmp_path) for a in argv])
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == f"jit {argv[0]}: error: {message}"
+    command = " ".join(argv[:2]) if argv[0] in ("data", "classifier") else argv[0]
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"jit {command}: error: {message}"
     assert list(tmp_path.iterdir()) == []
 
 
