@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from ..core.device import resolve_device
+from ..core.errors import at_least
 from ..evaluation.evaluate import check_data_spec, run_eval
 from ..evaluation.metrics import (
     InceptionFeatures,
@@ -46,7 +47,7 @@ def add_cli(sub) -> None:
     p.add_argument("--num", "--num-images", dest="num", type=int, default=None,
                    help="images per setting, class of image i = i %% num_classes (under torchrun spell it "
                         "--num-images: torchrun takes --num for its own --numa-binding)")  # fmt: skip
-    p.add_argument("--per-class", type=int, default=None, help="images per class (N = K x num_classes)")
+    p.add_argument("--per-class", type=at_least(1), default=None, help="images per class (N = K x num_classes)")
     p.add_argument("--out", required=True, help="output folder (rerunning the same command resumes)")
     p.add_argument("--cfg", default=None, help="guidance weight(s), comma list for a sweep (default: the model's)")
     p.add_argument("--ema", default=None,
@@ -64,9 +65,9 @@ def add_cli(sub) -> None:
     p.add_argument("--classifier-ref-split", default="train", choices=("train", "heldout", "all"),
                    help="real images FD-emoji compares against (default train)")  # fmt: skip
     p.add_argument("--adm-npz", action="store_true", help="also write all samples as one .npz (arr_0) per setting")
-    p.add_argument("--chunk-size", type=int, default=500, help="images per resumable chunk (default 500)")
-    p.add_argument("--metric-batch-size", type=int, default=64, help="images per Inception batch (default 64)")
-    p.add_argument("--num-workers", type=int, default=0, help="data-loading workers for reference images")
+    p.add_argument("--chunk-size", type=at_least(1), default=500, help="images per resumable chunk (default 500)")
+    p.add_argument("--metric-batch-size", type=at_least(1), default=64, help="images per Inception batch (default 64)")
+    p.add_argument("--num-workers", type=at_least(0), default=0, help="data-loading workers for reference images")
     add_sampling_args(p, sweep=True)
     p.set_defaults(func=run_eval)
 
@@ -74,13 +75,12 @@ def add_cli(sub) -> None:
                        description="Reference statistics for FID: 2048-d Inception pool features of a dataset, "
                                    "preprocessed exactly like training data (ADM centre crop).")  # fmt: skip
     s.add_argument("source", help="an image folder, a dataset cache, or 'emoji'")
-    s.add_argument("--img-size", type=int, required=True, help="image size the model generates")
+    s.add_argument("--img-size", type=at_least(1), required=True, help="image size the model generates")
     s.add_argument("--out", required=True, help="statistics file to write (.npz)")
     s.add_argument("--split", default="train", help="dataset split (default train)")
     s.add_argument("--inception-weights", default=None, help="Inception weights file (default: torch-fidelity's cache)")
     s.add_argument("--with-features", action="store_true", help="also store the features (for precision/recall)")
-    s.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
-    s.add_argument("--num-workers", type=int, default=0, help="data-loading workers")
+    s.add_argument("--batch-size", type=at_least(1), default=64, help="images per batch (default 64)")
+    s.add_argument("--num-workers", type=at_least(0), default=0, help="data-loading workers")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda")
     s.set_defaults(func=run_fid_stats)
-

@@ -16,7 +16,7 @@ def add_cli(sub) -> None:
 def run_train(args: argparse.Namespace) -> int:
     """``jit train``: 0 when done, ``--requeue-exit-code`` (default 0) after a preemption stop."""
     cfg, resume = config_from_args(args)
-    trainer = Trainer(cfg, resume=resume)
+    trainer = Trainer(cfg, resume=resume, overwrite=args.overwrite)
     try:
         summary = trainer.run()
     finally:

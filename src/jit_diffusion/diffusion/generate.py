@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -11,10 +12,11 @@ from tqdm.auto import tqdm
 
 from ..core.device import autocast_context, resolve_device
 from ..core.images import make_grid, save_grid, save_npz, save_png_folder, to_uint8
-from .sampling import image_noise, sample
+from .sampling import check_interval, image_noise, sample
 
-__all__ = ["autocast_context", "generate", "image_noise", "make_grid", "parse_classes",
-           "parse_interval", "resolve_device", "save_grid", "save_npz", "save_png_folder", "to_uint8"]
+__all__ = ["autocast_context", "generate", "image_noise", "interval_arg", "make_grid",
+           "parse_classes", "parse_interval", "resolve_device", "save_grid", "save_npz", "save_png_folder",
+           "to_uint8"]  # fmt: skip
 
 
 @torch.no_grad()
@@ -75,33 +77,71 @@ def _class_by_name(item: str, class_names: Sequence[str], num_classes: int) -> i
     return hits[0]
 
 
+def _whole_name(items: list[str], class_names: Sequence[str]) -> tuple[int, int] | None:
+    """(class, items used) of the longest run of 2+ ``items`` that together spell a class name containing
+    commas ("tabby, tabby cat"), ignoring case and the spaces around commas; None when none does."""
+    spelled = {}
+    for i, name in enumerate(class_names):
+        spelled.setdefault(_normalized(name.split(",")), []).append(i)
+    longest = max((name.count(",") + 1 for name in class_names), default=1)
+    for used in range(min(longest, len(items)), 1, -1):
+        hits = spelled.get(_normalized(items[:used]), [])
+        if len(hits) > 1:
+            raise ValueError(f"--classes: {', '.join(items[:used])!r} names classes {hits}; give the index instead")
+        if hits:
+            return hits[0], used
+    return None
+
+
+def _normalized(parts: Sequence[str]) -> str:
+    return ", ".join(p.strip() for p in parts).casefold()
+
+
 def parse_classes(spec: str | None, class_names: Sequence[str], num_classes: int) -> list[int]:
     """``None``/``all`` -> every class; otherwise a comma list of indices, class names, or one of the
     comma-separated synonyms of a class name (``golden retriever`` for "golden retriever", ``tabby`` for
-    "tabby, tabby cat")."""
+    "tabby, tabby cat"). A whole name wins over its parts: ``tabby, tabby cat`` is that one class."""
     if num_classes == 0:
         return [0]
     if spec in (None, "", "all"):
         return list(range(num_classes))
+    items = [item.strip() for item in spec.split(",")]
     out = []
-    for item in spec.split(","):
-        item = item.strip()
-        if item.lstrip("-").isdigit():
-            k = int(item)
+    while items:
+        item = items[0]
+        whole = None if item.lstrip("-").isdigit() else _whole_name(items, class_names)
+        if whole is not None:
+            k, used = whole
         else:
-            k = _class_by_name(item, class_names, num_classes)
+            k = int(item) if item.lstrip("-").isdigit() else _class_by_name(item, class_names, num_classes)
+            used = 1
         if not 0 <= k < num_classes:
             raise ValueError(f"--classes: class index {k} is out of range 0..{num_classes - 1}")
         out.append(k)
+        items = items[used:]
     return out
 
 
-def parse_interval(text: str) -> tuple[float, float]:
-    """``"0.1,1.0"`` -> (0.1, 1.0)."""
+def parse_interval(text: str, flag: str = "--interval") -> tuple[float, float]:
+    """``"0.1,1.0"`` -> (0.1, 1.0); a one-line ValueError naming ``flag`` unless 0 <= min <= max <= 1."""
     try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError as err:
-        raise ValueError(f"--interval expects two comma-separated numbers like 0.1,1.0, got {text!r}") from err
-    if not 0 <= lo <= hi <= 1:
-        raise ValueError(f"--interval must satisfy 0 <= min <= max <= 1, got {text!r}")
-    return lo, hi
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = None
+    if values is None or len(values) != 2:
+        raise ValueError(f"{flag} expects two comma-separated numbers like 0.1,1.0, got {text!r}")
+    return check_interval(values, flag)
+
+
+def interval_arg(flag: str = "--interval") -> Callable[[str], tuple[float, float]]:
+    """The argparse ``type`` of a CFG interval flag: :func:`parse_interval`, whose message argparse prints
+    (after "argument FLAG:") instead of its generic "invalid value"."""
+
+    def parse(text: str) -> tuple[float, float]:
+        try:
+            return parse_interval(text, flag)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).removeprefix(f"{flag} ")) from None
+
+    parse.__name__ = "interval"
+    return parse

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -40,7 +40,14 @@ from .metrics import (
     needs_inception,
     parse_metrics,
 )
-from .sample_store import check_resume, generate_chunks, iter_chunks, sample_labels, write_adm_npz
+from .sample_store import (
+    check_resume,
+    generate_chunks,
+    iter_chunks,
+    sample_labels,
+    weights_digest,
+    write_adm_npz,
+)
 from .sweep import Setting, format_value, parse_list, sweep_settings, write_sweep
 
 # the names tests and scripts have imported from here since before the split
@@ -58,8 +65,9 @@ class EvalPlan:
     labels: np.ndarray  # (num,) class of each image
     interval: tuple[float, float]
     data: str | None  # the model's dataset spec (classifier metrics, default Inception reference)
-    source: str  # the model file, recorded with the samples
+    source: str  # the model file (resolved), recorded with the samples
     out_dir: Path
+    weights: dict[str, dict] = field(default_factory=dict)  # per weight set: step, weights_sha256 (_generate)
 
     @property
     def num(self) -> int:
@@ -128,8 +136,11 @@ def _plan(args, metrics: list[str], axes: SweepAxes, emas: list[str], models: So
         print("unconditional model: class accuracy does not apply, skipping acc")
     interval = tuple(args.interval) if args.interval is not None else tuple(info.cfg_interval)
     settings = sweep_settings(emas, cfgs, axes.methods or [info.method], axes.steps)
-    return EvalPlan(metrics, settings, sample_labels(num, info.num_classes), interval, data, str(models.file),
-                    Path(args.out))  # fmt: skip
+    for setting in settings:  # the grid's checks (the model's t_eps, --shift) before anything is generated
+        sampling_times(setting.method, setting.steps, grid=args.time_grid, shift=args.shift, cfg=setting.cfg,
+                       cfg_interval=interval, t_eps=info.t_eps)  # fmt: skip
+    return EvalPlan(metrics, settings, sample_labels(num, info.num_classes), interval, data,
+                    str(Path(models.file).resolve()), Path(args.out))  # fmt: skip
 
 
 class SweepAxes(NamedTuple):
@@ -156,10 +167,11 @@ def _sweep_axes(args: argparse.Namespace) -> SweepAxes:
 
 
 def _sampling_record(args, info, setting: Setting, plan: EvalPlan) -> dict:
-    """Everything that determines a setting's images; a resumed run must match it (the time grid and the
-    final step are named only when they differ from the public sampler's, so older folders still resume)."""
+    """Everything that determines a setting's images, the weights' sha256 first (a resumed run must match
+    it; the time grid and the final step are named only when they differ from the public sampler's)."""
     record = {
-        "model": plan.source, "weights": setting.ema, "cfg": setting.cfg, "cfg_interval": list(plan.interval),
+        "model": plan.source, **plan.weights[setting.ema], "weights": setting.ema, "cfg": setting.cfg,
+        "cfg_interval": list(plan.interval),
         "steps": setting.steps, "method": setting.method, "seed": args.seed, "num": plan.num,
         "chunk_size": args.chunk_size, "image_size": info.image_size, "num_classes": info.num_classes,
         "prediction": info.prediction, "noise_scale": info.noise_scale, "t_eps": info.t_eps,
@@ -178,6 +190,7 @@ def _generate(args, plan: EvalPlan, models: Source, dist_info) -> dict[str, dict
     done = {}
     for ema in dict.fromkeys(s.ema for s in plan.settings):
         model, info = models.load(ema, dist_info.device)  # another weight set of the same file: swapped in memory
+        plan.weights[ema] = {"step": info.step, "weights_sha256": weights_digest(model.state_dict())}
         compile_for_sampling(model, dist_info.device, args.compile)
         for setting in [s for s in plan.settings if s.ema == ema]:
             samples_dir = plan.out_dir / setting.name / "samples"

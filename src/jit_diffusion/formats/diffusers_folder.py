@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..core.fileio import atomic_folder, atomic_write_path, read_json_object, save_json
+from ..diffusion.solvers import METHODS
 from ..models.config import JiTConfig, ModelInfo
 from ..models.jit import JiT
 from ..models.pretrained import (
@@ -259,8 +260,8 @@ def read_settings(root: Path, config: JiTConfig) -> dict[str, Any]:
     settings = {k: fallbacks.get(k) if v is None else v for k, v in recorded_settings(ours).items()}
     settings.update(weights=ours.get("weights"), step=ours.get("step"),
                     class_names=_class_names(root, index, config.num_classes))  # fmt: skip
-    if settings["method"] not in (None, "heun", "euler"):
-        raise ValueError(f"{root}: solver {settings['method']!r} is not one of heun, euler")
+    if settings["method"] not in (None, *METHODS):  # every solver we write loads back
+        raise ValueError(f"{root}: solver {settings['method']!r} is not one of {', '.join(METHODS)}")
     return {k: v for k, v in settings.items() if v is not None}
 
 
