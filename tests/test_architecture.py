@@ -20,9 +20,9 @@ ORDER = [
     "layers", "flow", "frechet", "pretrained", "model", "ema", "solvers", "sampling",
     # data / io
     "emoji", "image_folder", "data_cache", "data", "checkpoint", "official", "diffusers", "diffusers_folder",
-    "loading",
+    "loading", "editing", "editing_io",
     # commands
-    "generate", "sample_store", "sweep", "metrics", "classifier_net", "classifier_train", "classifier",
+    "generate", "edit_command", "sample_store", "sweep", "metrics", "classifier_net", "classifier_train", "classifier",
     "train_signals", "train_config", "train_flags", "train_optim", "graphed_step", "train_data", "train_state",
     "train_log", "train_health", "train_preview", "train", "evaluate", "toy_report", "toy", "convert", "cli",
     "__init__",

@@ -20,6 +20,7 @@ from .errors import UserError
 _COMMAND_MODULES = [
     "jit_diffusion.train",
     "jit_diffusion.generate",
+    "jit_diffusion.edit_command",
     "jit_diffusion.evaluate",
     "jit_diffusion.classifier",
     "jit_diffusion.data",
