@@ -5,8 +5,10 @@ Inputs are held-out emoji (never seen in training), at the model's size, edited 
 
     python experiments/editing_demo.py RUN --out docs
 
-Writes OUT/edit_img2img.png, edit_inpaint.png, edit_interpolate.png, edit_swap.png and
-OUT/edit_inversion.{json,md}. Deterministic for a run, seed and settings.
+Writes OUT/edit_img2img.png, edit_inpaint.png, edit_interpolate.png, edit_swap.png (``--parts figures``),
+OUT/edit_inversion.{json,md} (``inversion``) and, with ``--classifier DIR`` (``jit classifier train``),
+OUT/edit_swap.md: swaps against img2img under the target class, scored by the classifier.
+Deterministic for a run, seed and settings.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from jit_diffusion.classifier_net import load_classifier, predict
 from jit_diffusion.editing import ODESettings, img2img, inpaint, interpolate, reconstruct, swap
 from jit_diffusion.editing_io import box_mask, to_unit
 from jit_diffusion.emoji import EmojiDataset
@@ -122,6 +125,33 @@ def swap_figure(model, x, labels, target: int, settings, out: Path) -> dict:
     return {"columns": ["input", "swap 0.4", "swap 0.6", "swap 0.8", "swap 1.0", "img2img 0.8 as target"]}
 
 
+def swap_measure(model, data, settings, classifier: str, out: Path, count: int = 64) -> dict:
+    """Swap against img2img under the target class on ``count`` held-out images, each sent to class
+    (label + 8) mod 16: the classifier's share of outputs in the target class, and the mean |distance| to the
+    input in uint8 levels (how much of the image is kept)."""
+    net, _ = load_classifier(classifier)
+    step = max(1, len(data.labels) // count)
+    images, labels = torch.from_numpy(data.images[::step][:count].copy()), torch.from_numpy(data.labels[::step][:count])
+    x, target = to_unit(images), (labels + 8) % data.num_classes
+    reference = to_uint8(x)
+    noise = image_noise(range(len(x)), x.shape[1:], 0)
+    rows = {"inputs": {"target_acc": float((predict(net, reference)[1] == target.numpy()).mean()),
+                       "source_acc": float((predict(net, reference)[1] == labels.numpy()).mean()), "distance": 0.0}}
+    for strength in (0.4, 0.6, 0.8, 1.0):
+        for name, fn in (("swap", lambda s: swap(model, x, labels, target, settings, strength=s)),
+                         ("img2img", lambda s: img2img(model, x, target, noise, settings, strength=s))):
+            result = to_uint8(fn(strength))
+            predicted = predict(net, result)[1]
+            rows[f"{name} {strength}"] = {"target_acc": float((predicted == target.numpy()).mean()),
+                                          "source_acc": float((predicted == labels.numpy()).mean()),
+                                          "distance": float(np.abs(result.astype(float) - reference).mean())}
+    lines = ["| edit | in target class | still in source class | mean distance to input (levels) |",
+             "|---|---|---|---|"]
+    lines += [f"| {k} | {v['target_acc']:.0%} | {v['source_acc']:.0%} | {v['distance']:.1f} |" for k, v in rows.items()]
+    atomic_write_text(out / "edit_swap.md", "\n".join(lines) + "\n")
+    return rows
+
+
 @torch.no_grad()
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -130,6 +160,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=25, help="ODE steps of the edits (default 25)")
     p.add_argument("--cfg", type=float, default=3.0, help="guidance of the edits (default 3)")
     p.add_argument("--ema", default=None, help="weights (default ema1)")
+    p.add_argument("--classifier", default=None, help="an emoji classifier folder: also measure swaps (edit_swap.md)")
+    p.add_argument("--parts", default="figures,inversion", help="figures, inversion and/or swap (needs --classifier)")
     args = p.parse_args()
     torch.set_grad_enabled(False)
     out = Path(args.out)
@@ -143,15 +175,20 @@ def main() -> None:
     start = time.perf_counter()
     record = {"run": str(args.run), "step": info.step, "steps": args.steps, "cfg": args.cfg, "method": info.method,
               "machine": f"{platform.machine()} CPU, torch {torch.__version__}"}  # fmt: skip
-    record["img2img"] = strength_strip(model, x, labels, settings, out)
-    record["inpaint"] = inpaint_figure(model, x, labels, settings, out, info.image_size)
-    record["interpolate"] = interpolation_strips(model, data, info, settings, out)
-    record["swap"] = swap_figure(model, x[:4], labels[:4], data.class_names.index("mammals"), settings, out)
-    inv_images, inv_labels = torch.from_numpy(data.images[::8][:16].copy()), torch.from_numpy(data.labels[::8][:16])
-    record["inversion"] = inversion_table(model, to_unit(inv_images), inv_labels, info, out)
+    parts = set(args.parts.split(",")) | ({"swap"} if args.classifier else set())
+    if "figures" in parts:
+        record["img2img"] = strength_strip(model, x, labels, settings, out)
+        record["inpaint"] = inpaint_figure(model, x, labels, settings, out, info.image_size)
+        record["interpolate"] = interpolation_strips(model, data, info, settings, out)
+        record["swap"] = swap_figure(model, x[:4], labels[:4], data.class_names.index("mammals"), settings, out)
+    if "inversion" in parts:
+        inv_images = torch.from_numpy(data.images[::8][:16].copy())
+        record["inversion"] = inversion_table(model, to_unit(inv_images), torch.from_numpy(data.labels[::8][:16]),
+                                              info, out)  # fmt: skip
+    if "swap" in parts:
+        record["swap_measure"] = swap_measure(model, data, settings, args.classifier, out)
     record["seconds"] = round(time.perf_counter() - start, 1)
-    save_json(out / "edit_demo.json", record)
-    print((out / "edit_inversion.md").read_text())
+    save_json(out / f"edit_demo_{'_'.join(sorted(parts))}.json", record)
     print(f"wrote the editing figures to {out} in {record['seconds']} s")
 
 

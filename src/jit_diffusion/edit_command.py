@@ -70,8 +70,8 @@ def _check_outputs(args: argparse.Namespace, required: bool = True) -> None:
 def _open(args: argparse.Namespace):
     """(source, info) without building the network: enough to check every input first."""
     check_precision(args.precision)
-    if args.steps < 1:
-        raise UserError(f"--steps must be >= 1, got {args.steps}")
+    if args.steps < 1 or args.batch_size < 1:
+        raise UserError(f"--steps and --batch-size must be >= 1, got {args.steps} and {args.batch_size}")
     source = open_source(args.model_path)
     return source, source.info(args.ema)
 
