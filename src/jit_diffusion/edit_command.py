@@ -43,7 +43,10 @@ def class_list(spec: str | None, info, flag: str = "--classes") -> list[int]:
 
 def input_labels(spec: str | None, info, count: int, flag: str = "--classes") -> torch.Tensor:
     """One label per input image: one class for all, one per image, or (not given) the null class."""
-    classes = class_list(spec, info, flag) or [info.num_classes]
+    classes = class_list(spec, info, flag)
+    if not classes:
+        print(f"no {flag}: editing under the null class (unconditional)")
+        classes = [info.num_classes]
     if len(classes) == 1:
         classes = classes * count
     if len(classes) != count:
@@ -205,7 +208,8 @@ def run_interpolate(args: argparse.Namespace) -> None:
         print(f"wrote {save_animation(frames, args.animation, upscale=max(1, 128 // info.image_size))}")
 
 
-def _common(p: argparse.ArgumentParser, inputs: bool = True, outputs: str = "the edited images") -> None:
+def _common(p: argparse.ArgumentParser, inputs: bool = True, outputs: str | None = "the edited images",
+            cfg: str = "the model's") -> None:  # fmt: skip
     p.add_argument("model_path", help="run folder, checkpoint .pt, exported folder, official .pth or diffusers folder")
     p.add_argument("--ema", default=None, help="weights to use: ema1 (default; an export folder: its own), ema2 or raw")
     if inputs:
@@ -215,8 +219,10 @@ def _common(p: argparse.ArgumentParser, inputs: bool = True, outputs: str = "the
         p.add_argument("--classes", default=None,
                        help="class of the inputs (one for all, or one per image; index, name or null; "
                             "default null = unconditional)")  # fmt: skip
-    p.add_argument("--cfg", type=float, default=None, help="guidance weight (default: the model's)")
+    p.add_argument("--cfg", type=float, default=None, help=f"guidance weight (default: {cfg})")
     add_sampling_args(p)
+    if outputs is None:
+        return
     p.add_argument("--grid", default=None, help=f"write a PNG grid of {outputs} here")
     p.add_argument("--png-dir", default=None, help=f"write {outputs} as one PNG each into this folder")
     p.add_argument("--npz", default=None, help=f"write {outputs} (uint8 N,H,W,3) and labels to this .npz")
@@ -244,11 +250,11 @@ def add_cli(sub) -> None:
     _strength(q, 1.0, "how much of the masked part to change")
     q.set_defaults(func=run_inpaint)
     q = ops.add_parser("invert", help="run the ODE backwards from images to their noise (guidance off by default)")
-    _common(q, outputs="(unused)")
+    _common(q, outputs=None, cfg="1, no guidance")
     q.add_argument("--noise-out", required=True, help="write the noises (fp32 N,3,H,W) and labels to this .npz")
-    q.set_defaults(func=run_invert, cfg=None)
+    q.set_defaults(func=run_invert)
     q = ops.add_parser("reconstruct", help="invert, sample back, print the reconstruction error")
-    _common(q, outputs="the reconstructions")
+    _common(q, outputs="the reconstructions", cfg="1, no guidance")
     q.set_defaults(func=run_reconstruct)
     q = ops.add_parser("interpolate", help="frames between two classes and/or two noises")
     _common(q, inputs=False, outputs="the frames")
