@@ -26,9 +26,10 @@ LAYERS = {
               "trainer"],
     "evaluation": ["frechet", "sweep", "sample_store", "metrics", "classifier_net", "classifier_train",
                    "classifier", "evaluate"],
+    "editing": ["inputs", "operations"],
     "toy": ["report", "experiment"],
     "": [],
-    "cli": ["train", "sample", "eval", "classifier", "data", "convert", "toy"],
+    "cli": ["train", "sample", "edit", "eval", "classifier", "data", "convert", "toy"],
 }  # fmt: skip
 MAX_FILE_LINES = 450
 MAX_FUNCTION_LINES = 60

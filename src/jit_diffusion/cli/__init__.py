@@ -21,6 +21,7 @@ from ..core.errors import UserError
 _COMMAND_MODULES = [
     "jit_diffusion.cli.train",
     "jit_diffusion.cli.sample",
+    "jit_diffusion.cli.edit",
     "jit_diffusion.cli.eval",
     "jit_diffusion.cli.classifier",
     "jit_diffusion.cli.data",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from ..core.device import PRECISIONS, check_precision, resolve_device
 from ..core.errors import at_least
@@ -77,9 +80,16 @@ def run_sample(args: argparse.Namespace) -> None:
                       t_eps=info.t_eps, prediction=info.prediction, grid=args.time_grid, shift=args.shift,
                       final=args.final, batch_size=args.batch_size, device=device,
                       precision=args.precision, progress=True)  # fmt: skip
+    write_outputs(images, labels, args, nrow=args.per_class, image_size=info.image_size)
+
+
+def write_outputs(images: np.ndarray, labels: Sequence[int], args: argparse.Namespace, *, nrow: int,
+                  image_size: int) -> None:  # fmt: skip
+    """Write the outputs ``args`` asks for (``--grid``, ``--png-dir``, ``--npz``), each atomically, and say
+    what was written."""
     if args.grid:
-        upscale = max(1, 64 // info.image_size)
-        print(f"wrote {save_grid(images, args.grid, nrow=args.per_class, upscale=upscale)}")
+        upscale = max(1, 64 // image_size)
+        print(f"wrote {save_grid(images, args.grid, nrow=nrow, upscale=upscale)}")
     if args.png_dir:
         save_png_folder(images, labels, args.png_dir)
         print(f"wrote {len(images)} PNGs to {args.png_dir}")

@@ -60,7 +60,7 @@ def _phi(t: float, t_eps: float) -> float:
 def decay(s: float, t: float, t_eps: float) -> float:
     """E = exp(-(phi(t) - phi(s))): the weight of z_s in the exact step from s to t."""
     knee = 1.0 - t_eps
-    if t <= knee:
+    if t <= knee and s <= knee:  # (either order: backward steps, t < s, run inversions)
         return (1.0 - t) / (1.0 - s)
     return math.exp(_phi(s, t_eps) - _phi(t, t_eps))
 
