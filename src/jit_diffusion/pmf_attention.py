@@ -19,18 +19,15 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
+from .layers import at_least_fp32
+
 JVP_MODES = ("function", "math")
-
-
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    """x in fp32, or wider when it already is (float64 stays float64)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v with the softmax in fp32 (at least); q, k, v (B, nh, N, hd)."""
-    scores = (_wide(q) @ _wide(k).transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, nh, N, N)
-    return (scores.softmax(dim=-1) @ _wide(v)).to(v.dtype)
+    scores = (at_least_fp32(q) @ at_least_fp32(k).transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, nh, N, N)
+    return (scores.softmax(dim=-1) @ at_least_fp32(v)).to(v.dtype)
 
 
 def attention_jvp(q, k, v, out, dq, dk, dv) -> torch.Tensor:
@@ -38,7 +35,7 @@ def attention_jvp(q, k, v, out, dq, dk, dv) -> torch.Tensor:
 
     dS = s (dq k^T + q dk^T); dO = (P * dS) v - rowsum(P * dS) O + P dv, in fp32 at least."""
     scale = 1.0 / math.sqrt(q.shape[-1])
-    q, k, v, out = _wide(q), _wide(k), _wide(v), _wide(out)
+    q, k, v, out = at_least_fp32(q), at_least_fp32(k), at_least_fp32(v), at_least_fp32(out)
     zeros = [torch.zeros_like(x) for x in (q, k, v)]
     dq, dk, dv = (z if d is None else d.to(z.dtype) for d, z in zip((dq, dk, dv), zeros))
     probs = ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1)  # (B, nh, N, N)

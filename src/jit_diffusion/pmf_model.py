@@ -16,10 +16,11 @@ import dataclasses
 import math
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import LabelEmbedder, PatchEmbed, RMSNorm, TimestepEmbedder, apply_rope, rope_tables_2d
+from .layers import LabelEmbedder, PatchEmbed, RMSNorm, TimestepEmbedder, apply_rope, at_least_fp32, rope_tables_2d
 from .model import JiT
 from .pmf_attention import JVP_MODES, attention
 from .pmf_config import PMF_PRESETS, PMFConfig, pmf_preset_config
@@ -208,17 +209,35 @@ class PMF(nn.Module):
     @staticmethod
     def velocity(z: torch.Tensor, x_pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """(z - x_hat) / clip(t, 0.05, 1): the velocity in pMF time of an image prediction (fp32)."""
-        return (z.float() - x_pred.float()) / t.float().clamp(0.05, 1.0).view(-1, 1, 1, 1)
+        return (at_least_fp32(z) - at_least_fp32(x_pred)) / at_least_fp32(t).clamp(0.05, 1.0).view(-1, 1, 1, 1)
 
-    def forward(self, z, t, h, omega, t_min, t_max, y, heads: str | None = None):
+    def forward(self, z, t, h, omega, t_min, t_max, y, heads: str | None = None, jvp_tangent=None):
         """z (B, C, H, W); t, h, omega, t_min, t_max (B,) in pMF time; y (B,). Returns (u, v).
 
-        ``heads``: "u", "v" or "uv" (default: both when the model has a v head, else "u")."""
+        ``heads``: "u", "v" or "uv" (default: both when the model has a v head, else "u").
+        ``jvp_tangent`` (B, C, H, W): return (u, v, du/dt) instead, see :meth:`forward_with_jvp`."""
+        if jvp_tangent is not None:
+            return self.forward_with_jvp(z, t, h, omega, t_min, t_max, y, jvp_tangent)
         heads = ("uv" if self.has_v_head else "u") if heads is None else heads
         tokens = self.trunk(z, h, omega, t_min, t_max, y)
         u = self.velocity(z, self.head(tokens, "u"), t) if "u" in heads else None
         v = self.velocity(z, self.head(tokens, "v"), t) if "v" in heads else None
         return u, v
+
+    def forward_with_jvp(self, z, t, h, omega, t_min, t_max, y, tangent_z):
+        """(u, v, du/dt): u and v as :meth:`forward`, and the derivative of u along the tangent
+        (dz, dt, dr) = (tangent_z, 1, 0), i.e. dh = dt = 1, by forward-mode AD (no gradient flows through
+        it: detach it or use it under stop-gradient). The v head runs on the trunk's value only.
+
+        It runs inside ``forward`` so that DDP/FSDP wrappers see one ordinary call."""
+        with fwAD.dual_level():
+            ones = torch.ones_like(t)
+            z_dual, t_dual = fwAD.make_dual(z, tangent_z.to(z.dtype)), fwAD.make_dual(t, ones)
+            tokens = self.trunk(z_dual, fwAD.make_dual(h, ones), omega, t_min, t_max, y)
+            u, du_dt = fwAD.unpack_dual(self.velocity(z_dual, self.head(tokens, "u"), t_dual))
+            tokens = fwAD.unpack_dual(tokens).primal
+        v = self.velocity(z, self.head(tokens, "v"), t) if self.has_v_head else None
+        return u, v, du_dt.detach()
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
