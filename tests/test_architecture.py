@@ -18,7 +18,7 @@ ORDER = [
     "parallel", "flops",
     # model
     "layers", "flow", "frechet", "pretrained", "model", "ema", "solvers", "sampling",
-    "pmf_config", "pmf_attention", "pmf_model", "pmf_official", "pmf_sampling", "meanflow",
+    "pmf_config", "pmf_attention", "pmf_model", "pmf_official", "pmf_sampling", "meanflow", "pmf_optim",
     # data / io
     "emoji", "image_folder", "data_cache", "data", "checkpoint", "official", "diffusers", "diffusers_folder",
     "loading",
