@@ -5,7 +5,7 @@
 
 Routes: ``function`` (SDPA + an explicit attention JVP rule) and ``math`` (matmul/softmax attention that
 forward AD differentiates op by op); ``no-jvp`` is the plain forward (u and v) + backward for reference.
-Prints ms per step (median of the timed steps) and the ratio to no-jvp.
+Prints ms per step (median of the timed steps, the routes timed in turn) and the ratio to no-jvp.
 """
 
 from __future__ import annotations
@@ -59,10 +59,16 @@ def main() -> None:
 
     print(f"{args.model} at {size} px ({model.grid_size**2 + model.num_prefix} tokens), batch {B}, "
           f"{model.num_params() / 1e6:.1f}M params, {device_name(device)}")  # fmt: skip
-    base = None
-    for route in ("no-jvp", "function", "math"):
-        ms = 1000 * statistics.median(timed(lambda r=route: step(r), device, args.warmup, args.iters))
-        base = base or ms
+    routes = ("no-jvp", "function", "math")
+    times: dict[str, list[float]] = {route: [] for route in routes}
+    for route in routes:
+        timed(lambda r=route: step(r), device, args.warmup, 0)
+    for _ in range(args.iters):  # round robin, so that a change in machine load hits every route alike
+        for route in routes:
+            times[route] += timed(lambda r=route: step(r), device, 0, 1)
+    base = 1000 * statistics.median(times["no-jvp"])
+    for route in routes:
+        ms = 1000 * statistics.median(times[route])
         print(f"  {route:9s} {ms:8.1f} ms/step   x{ms / base:.2f}")
 
 

@@ -178,3 +178,19 @@ def test_perceptual_terms_are_off_by_default_and_masked_by_t(model64):
     terms = objective.per_sample_losses(model64, x, y, draws)
     assert len(calls) == 1
     assert torch.equal(terms["perceptual0"], (draws.t < objective.perceptual_max_t).double())
+
+
+@pytest.mark.parametrize("jvp_mode", ["function", "math"])
+def test_loss_under_bf16_autocast_is_close_to_fp32(model64, jvp_mode):
+    model = create_pmf_model("pMF-Ti/4", num_classes=4, input_size=16)
+    model.load_state_dict({k: v.float() for k, v in model64.state_dict().items()})
+    model.set_jvp_mode(jvp_mode)
+    objective = PMFObjective()
+    x = torch.rand(4, *SHAPE, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    y, draws = torch.tensor([0, 1, 2, 3]), objective.counter_draws(1, 2, torch.arange(4), 4, SHAPE)
+    fp32 = objective.per_sample_losses(model, x, y, draws)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = objective.per_sample_losses(model, x, y, draws)
+    bf16["loss"].mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert torch.allclose(bf16["u"], fp32["u"], rtol=0.1) and torch.allclose(bf16["v"], fp32["v"], rtol=0.1)

@@ -190,7 +190,7 @@ class PMF(nn.Module):
         conditions = (self.y_embedder(y), self.omega_embedder(1 - 1 / omega), self.cfg_t_start_embedder(t_min),
                       self.cfg_t_end_embedder(t_max), self.h_embedder(h))  # (B, H) each  # fmt: skip
         patches = self.x_embedder(z)  # (B, N, H)
-        prefix = [getattr(self, name) + c.unsqueeze(1).to(patches.dtype) for name, c in zip(_PREFIX, conditions)]
+        prefix = [(getattr(self, name) + c.unsqueeze(1)).to(patches.dtype) for name, c in zip(_PREFIX, conditions)]
         x = torch.cat([*prefix, patches], dim=1) + self.pos_embed.to(patches.dtype)  # (B, L + N, H)
         for block in self.shared_blocks:
             x = block(x, self.rope_cos, self.rope_sin)
