@@ -194,3 +194,10 @@ def test_loss_under_bf16_autocast_is_close_to_fp32(model64, jvp_mode):
     bf16["loss"].mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert torch.allclose(bf16["u"], fp32["u"], rtol=0.1) and torch.allclose(bf16["v"], fp32["v"], rtol=0.1)
+
+
+def test_bad_objective_settings_are_one_line_errors():
+    with pytest.raises(ValueError, match="data_proportion"):
+        PMFObjective(data_proportion=1.5)
+    with pytest.raises(ValueError, match="cfg_max"):
+        PMFObjective(cfg_max=-1.0)

@@ -82,6 +82,14 @@ class PMFObjective:
     perceptual: Sequence[tuple[float, PerceptualLoss]] = field(default_factory=tuple)  # (weight, loss)
     perceptual_max_t: float = 1.0
 
+    def __post_init__(self):
+        for name in ("data_proportion", "class_dropout_prob", "tr_uniform"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"pMF objective: {name} must lie in [0, 1], got {getattr(self, name)}")
+        if not (self.cfg_max >= 0 and self.p_std > 0 and self.norm_eps > 0 and self.noise_scale > 0):
+            raise ValueError("pMF objective: cfg_max must be >= 0 and p_std, norm_eps, noise_scale > 0, got "
+                             f"{self.cfg_max}, {self.p_std}, {self.norm_eps}, {self.noise_scale}")  # fmt: skip
+
     # --- draws -------------------------------------------------------------------------------------
 
     def counter_draws(
