@@ -18,8 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "jit_diffusion"
 LAYERS = {
     "core": ["lazy", "errors", "fileio", "device", "triton_kernels", "kernels", "rng", "images", "distributed",
              "parallel"],
-    "models": ["config", "flops", "layers", "pretrained", "jit", "pmf_config", "pmf_attention", "pmf"],
-    "diffusion": ["flow", "solvers", "sampling", "ema", "generate", "pmf_sampling", "meanflow"],
+    "models": ["pmf_config", "config", "flops", "layers", "pretrained", "jit", "pmf_attention", "pmf", "families"],
+    "diffusion": ["flow", "solvers", "sampling", "ema", "pmf_sampling", "generate", "meanflow"],
     "formats": ["checkpoint", "official", "pmf_official", "diffusers", "diffusers_folder", "loading", "convert"],
     "data": ["image_folder", "emoji", "cache", "datasets"],
     "train": ["signals", "config", "flags", "optim", "pmf_optim", "graphed_step", "draws", "state", "log", "health",

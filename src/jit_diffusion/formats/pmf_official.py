@@ -3,7 +3,9 @@
 Their keys carry ``._flax_linear`` / ``._flax_embedding`` segments and a complex64 ``rope_freqs`` buffer
 (the RoPE angles as unit complex numbers), and the v head (``v_heads.*``, ``v_final_layer.*``) may be
 absent. They are read with the safe loader (no pickled code runs); the architecture is inferred from the
-tensor shapes, and the RoPE buffer is checked against the table the config implies.
+tensor shapes, and the RoPE buffer is checked against the table the config implies. A file is told apart
+from the other formats by its keys (:func:`is_pmf_official`); its sampling defaults are the public eval
+settings of its preset (:func:`pmf_official_info`, in our time).
 """
 
 from __future__ import annotations
@@ -17,12 +19,44 @@ from pathlib import Path
 import torch
 
 from ..core.fileio import safe_torch_load
+from ..models.config import ModelInfo
 from ..models.pmf import PMF
-from ..models.pmf_config import PMFConfig, find_pmf_preset
+from ..models.pmf_config import PMF_DEFAULTS, PMFConfig, PMFDefaults, find_pmf_preset
 from ..models.pretrained import Shapes, check_state_dict, shapes_of
 
 _FLAX = re.compile(r"\._flax_(linear|embedding)(?=\.)")
 ROPE_KEY = "rope_freqs"
+# keys only a pMF network has (ours or the public names): the u head's output layer and the omega tokens
+_MARKERS = ("omega_tokens", "u_final_layer.linear")
+PMF_WEIGHTS = "ema1"  # the name of the one weight set a released file holds (the public EMA)
+
+
+def is_pmf_official(ckpt: Mapping) -> bool:
+    """Whether a loaded checkpoint is a plain pMF state dict: tensors only, with the pMF network's keys."""
+    if not ckpt or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt.items()):
+        return False
+    return all(any(k.startswith(m) for k in ckpt) for m in _MARKERS)
+
+
+def pmf_official_info(config: PMFConfig, source: str | Path) -> ModelInfo:
+    """The :class:`ModelInfo` of an official pMF checkpoint: the public eval settings of its preset (noise
+    scale, omega, interval converted to our time), or neutral ones (omega 1, interval [0, 1]) for another
+    architecture; one step."""
+    preset = find_pmf_preset(config)
+    defaults = PMF_DEFAULTS.get(preset or "", PMFDefaults())
+    return ModelInfo.create(config, prediction="x", noise_scale=defaults.noise_scale, cfg=defaults.omega,
+                            cfg_interval=(1.0 - defaults.interval[1], 1.0 - defaults.interval[0]),
+                            source=str(source), weights=PMF_WEIGHTS, family="pmf")  # fmt: skip
+
+
+def check_rope_freqs(state: Mapping[str, torch.Tensor], model: PMF, source: str | Path) -> None:
+    """A one-line ValueError when the file's ``rope_freqs`` buffer (if any) is not the model's 2-D RoPE table."""
+    if ROPE_KEY not in state:
+        return
+    found, implied = state[ROPE_KEY], rope_freqs(model).to(state[ROPE_KEY].device)
+    if found.shape != implied.shape or (found - implied).abs().max().item() > 1e-4:
+        raise ValueError(f"{source}: its rope_freqs buffer {tuple(found.shape)} is not the 2-D RoPE table "
+                         f"of the inferred config ({tuple(implied.shape)})")  # fmt: skip
 
 
 def from_official_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -110,11 +144,7 @@ def official_to_model(
     model = model.to_empty(device=device)
     model.init_tables()
     model.load_state_dict(ours, strict=True)
-    if ROPE_KEY in state:
-        found, implied = state[ROPE_KEY], rope_freqs(model).to(state[ROPE_KEY].device)
-        if found.shape != implied.shape or (found - implied).abs().max().item() > 1e-4:
-            raise ValueError(f"{source}: its rope_freqs buffer {tuple(found.shape)} is not the 2-D RoPE table "
-                             f"of the inferred config ({tuple(implied.shape)})")  # fmt: skip
+    check_rope_freqs(state, model, source)
     return model.eval()
 
 
@@ -137,5 +167,6 @@ def load_official_model(path: str | Path, device: str | torch.device = "cpu") ->
     return model.eval()
 
 
-__all__ = ["from_official_keys", "to_official_keys", "infer_pmf_config", "load_official", "load_official_model",
-           "official_to_model", "find_pmf_preset", "rope_freqs"]  # fmt: skip
+__all__ = ["check_rope_freqs", "from_official_keys", "to_official_keys", "infer_pmf_config", "is_pmf_official",
+           "load_official", "load_official_model", "official_to_model", "find_pmf_preset", "pmf_official_info",
+           "rope_freqs"]  # fmt: skip
