@@ -17,8 +17,8 @@ from .pmf_sampling import sample_pmf
 from .sampling import METHODS, image_noise, network_evaluations, sample, sampling_times
 
 __all__ = ["DEFAULT_STEPS", "FAMILY_SAMPLERS", "SAMPLER_NAMES", "autocast_context", "check_method", "evaluations",
-           "generate", "image_noise", "make_grid", "parse_classes", "parse_interval", "resolve_device", "save_grid", "save_npz",
-           "save_png_folder", "to_uint8"]  # fmt: skip
+           "generate", "image_noise", "make_grid", "parse_classes", "parse_interval", "resolve_device", "save_grid",
+           "save_npz", "save_png_folder", "to_uint8"]  # fmt: skip
 
 PMF_METHOD = "pmf"
 
