@@ -3,8 +3,8 @@
 The Python API of the README: build (``create_model``, ``JiT``, ``PRESETS``; pMF: ``create_pmf_model``,
 ``PMF``, ``PMF_PRESETS``), open any model source of either family (``load_model``, ``open_source``,
 ``JiT.from_pretrained``), sample (``sample``, ``generate``, the solver names ``METHODS``; ``sample_pmf``).
-Times are this project's everywhere (t = 1 clean). The packages below, lowest layer first: core, models, diffusion, formats, data,
-train, evaluation, toy; cli on top (docs/architecture.md).
+Times are this project's everywhere (t = 1 clean). The packages below, lowest layer first: core, models,
+diffusion, formats, data, train, evaluation, toy; cli on top (docs/architecture.md).
 """
 
 from .core.lazy import lazy_exports
