@@ -73,6 +73,15 @@ def test_jit_solver_on_a_pmf_model_is_a_one_line_error(command, tmp_path, capsys
     assert not (tmp_path / "x.npz").exists() and not (tmp_path / "e").exists()
 
 
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_omega_below_one_is_refused_before_sampling(command, tmp_path, capsys):
+    out = ["--npz", str(tmp_path / "x.npz")] if command == "sample" else ["--out", str(tmp_path / "e"), "--num",
+                                                                           "4", "--metrics", "none"]  # fmt: skip
+    assert main([command, str(OFFICIAL), "--cfg", "0.5", "--device", "cpu", *out]) == 2
+    assert "--cfg 0.5: a pmf model takes guidance weights >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists() and not (tmp_path / "e").exists()
+
+
 def test_pmf_sampler_on_a_jit_model_is_a_one_line_error():
     from jit_diffusion.diffusion.generate import check_method
 

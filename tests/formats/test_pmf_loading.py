@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from jit_diffusion import load_model, open_source
+from jit_diffusion import JiT, load_model, open_source
 from jit_diffusion.diffusion.pmf_sampling import our_interval, sample_pmf
 from jit_diffusion.formats.checkpoint import save_checkpoint
 from jit_diffusion.formats.convert import convert
@@ -98,6 +98,8 @@ def test_export_round_trip_keeps_the_v_head_and_the_outputs(golden, tmp_path):
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     assert max(_golden_samples(loaded, golden)) <= 1e-5
+    hub_style = JiT.from_pretrained(folder)  # the Hub mixin's local path opens any family
+    assert isinstance(hub_style, PMF) and hub_style.pretrained_info.family == "pmf"
     # and once more through the export of the export
     folder2, _, _ = convert(folder, tmp_path / "export2")
     assert json.loads((folder2 / "config.json").read_text())["model_config"] == config["model_config"]

@@ -13,6 +13,7 @@ from ..core.images import save_grid, save_npz, save_png_folder
 from ..diffusion.generate import (
     DEFAULT_STEPS,
     SAMPLER_NAMES,
+    check_cfg,
     check_method,
     compile_for_sampling,
     generate,
@@ -81,6 +82,7 @@ def run_sample(args: argparse.Namespace) -> None:
     if info.num_classes == 0 and cfg != 1.0:
         print("unconditional model: ignoring --cfg")
         cfg = 1.0
+    check_cfg(info.family, cfg)
     steps = args.steps or info.steps or DEFAULT_STEPS
     images = generate(model, labels, image_size=info.image_size, seed=args.seed, cfg=cfg, cfg_interval=interval,
                       steps=steps, method=args.method or info.method, noise_scale=info.noise_scale,

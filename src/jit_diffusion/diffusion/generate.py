@@ -16,7 +16,8 @@ from ..core.images import make_grid, save_grid, save_npz, save_png_folder, to_ui
 from .pmf_sampling import sample_pmf
 from .sampling import METHODS, image_noise, network_evaluations, sample, sampling_times
 
-__all__ = ["DEFAULT_STEPS", "FAMILY_SAMPLERS", "SAMPLER_NAMES", "autocast_context", "check_method", "evaluations",
+__all__ = ["DEFAULT_STEPS", "FAMILY_SAMPLERS", "SAMPLER_NAMES", "autocast_context", "check_cfg", "check_method",
+           "evaluations",
            "generate", "image_noise", "make_grid", "parse_classes", "parse_interval", "resolve_device", "save_grid",
            "save_npz", "save_png_folder", "to_uint8"]  # fmt: skip
 
@@ -33,11 +34,13 @@ def _pmf_sample(model, noise, labels, *, method: str | None = PMF_METHOD, steps:
 
 class FamilySampler(NamedTuple):
     """How a family samples: ``run(model, noise, labels, **sampler)`` and its network evaluations per image
-    ``evaluations(method, steps, **grid)``; ``methods`` its sampler names."""
+    ``evaluations(method, steps, **grid)``; ``methods`` its sampler names, ``min_cfg`` the least guidance
+    weight it takes (None: any)."""
 
     run: Callable[..., torch.Tensor]
     evaluations: Callable[..., int]
     methods: tuple[str, ...]
+    min_cfg: float | None = None
 
 
 def _ode_evaluations(method: str, steps: int, **grid) -> int:
@@ -46,7 +49,7 @@ def _ode_evaluations(method: str, steps: int, **grid) -> int:
 
 FAMILY_SAMPLERS = {
     "jit": FamilySampler(sample, _ode_evaluations, METHODS),
-    "pmf": FamilySampler(_pmf_sample, lambda method, steps, **grid: int(steps), (PMF_METHOD,)),  # one per step
+    "pmf": FamilySampler(_pmf_sample, lambda method, steps, **grid: int(steps), (PMF_METHOD,), 1.0),  # 1 per step
 }
 
 
@@ -68,6 +71,13 @@ def check_method(family: str, method: str | None) -> None:
             raise ValueError(f"--method {method} does not apply to a {family} model; its sampler(s): "
                              f"{', '.join(methods)} (or leave --method out)")  # fmt: skip
         raise ValueError(f"--method: unknown sampler {method!r}; choose from {', '.join(methods)}")
+
+
+def check_cfg(family: str, cfg: float) -> None:
+    """A one-line ValueError when ``family``'s sampler cannot take the guidance weight ``cfg`` (pMF: omega >= 1)."""
+    least = _sampler(family).min_cfg
+    if least is not None and cfg < least:
+        raise ValueError(f"--cfg {cfg:g}: a {family} model takes guidance weights >= {least:g}")
 
 
 def evaluations(family: str, method: str, steps: int, **grid) -> int:

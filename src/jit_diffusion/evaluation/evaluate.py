@@ -25,7 +25,14 @@ import torch
 
 from ..core.distributed import barrier, cleanup, init_distributed
 from ..core.fileio import save_json
-from ..diffusion.generate import DEFAULT_STEPS, SAMPLER_NAMES, check_method, compile_for_sampling, evaluations
+from ..diffusion.generate import (
+    DEFAULT_STEPS,
+    SAMPLER_NAMES,
+    check_cfg,
+    check_method,
+    compile_for_sampling,
+    evaluations,
+)
 from ..diffusion.sampling import METHODS, resolve_grid
 from ..formats.loading import Source, open_source
 from .frechet import StatsAccumulator, feature_stats, frechet_distance
@@ -132,6 +139,8 @@ def _plan(args, metrics: list[str], axes: SweepAxes, emas: list[str], models: So
     methods = axes.methods or [info.method]
     for method in methods:
         check_method(info.family, method)
+    for cfg in cfgs:
+        check_cfg(info.family, cfg)
     settings = sweep_settings(emas, cfgs, methods, axes.steps or [info.steps or DEFAULT_STEPS])
     return EvalPlan(metrics, settings, sample_labels(num, info.num_classes), interval, data, str(models.file),
                     Path(args.out))  # fmt: skip
