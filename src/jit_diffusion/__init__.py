@@ -1,9 +1,10 @@
 """jit-diffusion: pixel-space diffusion with plain image Transformers (JiT).
 
-The Python API of the README: build (``create_model``, ``JiT``, ``PRESETS``), open any model source
-(``load_model``, ``open_source``, ``JiT.from_pretrained``), sample (``sample``, ``generate``, the solver
-names ``METHODS``). The packages below, lowest layer first: core, models, diffusion, formats, data,
-train, evaluation, toy; cli on top (docs/architecture.md).
+The Python API of the README: build (``create_model``, ``JiT``, ``PRESETS``; pMF: ``create_pmf_model``,
+``PMF``, ``PMF_PRESETS``), open any model source of either family (``load_model``, ``open_source``,
+``JiT.from_pretrained``), sample (``sample``, ``generate``, the solver names ``METHODS``; ``sample_pmf``).
+Times are this project's everywhere (t = 1 clean). The packages below, lowest layer first: core, models,
+diffusion, formats, data, train, evaluation, toy; cli on top (docs/architecture.md).
 """
 
 from .core.lazy import lazy_exports
@@ -18,6 +19,9 @@ __version__ = "0.1.0"
 _LAZY, __getattr__ = lazy_exports(__name__, {
     "diffusion.generate": ("generate",),
     "diffusion.sampling": ("sample",),
+    "diffusion.pmf_sampling": ("sample_pmf",),
+    "models.pmf": ("PMF", "create_pmf_model"),
+    "models.pmf_config": ("PMF_PRESETS", "PMFConfig"),
     "diffusion.solvers": ("METHODS", "SOLVERS"),
     "data.datasets": ("load_dataset",),
     "train.config": ("TrainConfig",),

@@ -8,7 +8,7 @@ from ..core.errors import UserError
 from ..formats.convert import FORMATS, convert
 from ..formats.loading import open_source
 from ..formats.official import WEIGHT_CHOICES
-from ..models.config import find_preset
+from ..models.config import preset_name
 
 FORMAT_HELP = """output formats:
   jit           (default) an export folder: config.json + model.safetensors, with every sampling
@@ -20,7 +20,8 @@ FORMAT_HELP = """output formats:
   diffusers-b   the same folder in layout B, the diffusers pull request's class (attn.qkv split into
                 to_q/to_k/to_v, norm_q/norm_k, to_out.0)
 
-sources: an official checkpoint-*.pth, a run folder, checkpoints/latest, a training .pt, an export
+sources: an official checkpoint-*.pth, an official pMF .pt (pMF-B-16.pt, ...; pMF models convert to
+the jit format only, v head kept), a run folder, checkpoints/latest, a training .pt, an export
 folder, or a diffusers-style model: a pipeline folder (model_index.json), its transformer/ folder, a
 diffusion_pytorch_model.safetensors beside its config.json, or a sharded
 diffusion_pytorch_model.safetensors.index.json. Diffusers layouts A (official names under
@@ -35,7 +36,7 @@ def run_convert(args: argparse.Namespace) -> None:
                                       overwrite=args.overwrite, fmt=args.format)  # fmt: skip
     except FileExistsError as err:
         raise UserError(str(err)) from None
-    preset = find_preset(model.config) or "custom architecture"
+    preset = preset_name(model.config) or "custom architecture"
     layout = FORMATS[args.format]
     written = f"diffusers pipeline, layout {layout}" if layout else "export folder"
     print(

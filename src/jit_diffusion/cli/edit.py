@@ -74,10 +74,14 @@ def _check_outputs(args: argparse.Namespace, required: bool = True) -> None:
 def _open(args: argparse.Namespace):
     """(source, info) without building the network: enough to check every input first."""
     check_precision(args.precision)
-    if args.steps < 1 or args.batch_size < 1:
-        raise UserError(f"--steps and --batch-size must be >= 1, got {args.steps} and {args.batch_size}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     source = open_source(args.model_path)
-    return source, source.info(args.ema)
+    info = source.info(args.ema)
+    if info.family != "jit":
+        raise UserError(f"{args.model_path} is a {info.family} model: jit edit runs the sampling ODE of JiT models "
+                        f"only")  # fmt: skip
+    return source, info
 
 
 def _load(args: argparse.Namespace, source):

@@ -43,13 +43,15 @@ def add_cli(sub) -> None:
                                    "them over ranks) and compute metrics; writes DIR/<setting>/metrics.json and "
                                    "DIR/sweep.{md,csv,png}. --steps 10,20 --method heun,dpm++2m sweeps the "
                                    "sampler and plots each metric against network evaluations.")  # fmt: skip
-    p.add_argument("model_path", help="run folder, checkpoint .pt, exported folder, or official checkpoint .pth")
+    p.add_argument("model_path", help="run folder, checkpoint .pt, exported folder, official JiT checkpoint .pth or "
+                                      "official pMF checkpoint .pt")  # fmt: skip
     p.add_argument("--num", "--num-images", dest="num", type=int, default=None,
                    help="images per setting, class of image i = i %% num_classes (under torchrun spell it "
                         "--num-images: torchrun takes --num for its own --numa-binding)")  # fmt: skip
     p.add_argument("--per-class", type=at_least(1), default=None, help="images per class (N = K x num_classes)")
     p.add_argument("--out", required=True, help="output folder (rerunning the same command resumes)")
-    p.add_argument("--cfg", default=None, help="guidance weight(s), comma list for a sweep (default: the model's)")
+    p.add_argument("--cfg", default=None, help="guidance weight(s), comma list for a sweep (default: the model's; "
+                                               "for pMF the omega the network is conditioned on)")  # fmt: skip
     p.add_argument("--ema", default=None,
                    help="weights, comma list for a sweep: ema1 (default; an export folder: its own), ema2, raw")
     p.add_argument("--metrics", default="fid,is",

@@ -1,10 +1,12 @@
-"""Image generation from a trained model: deterministic per-image noise, batching, uint8 images; the
-``jit sample`` command around it is :mod:`jit_diffusion.cli.sample`."""
+"""Image generation from a trained model: deterministic per-image noise, batching, uint8 images, for each
+model family (``jit``: the ODE solvers of :func:`sampling.sample`; ``pmf``: :func:`pmf_sampling.sample_pmf`,
+one evaluation per step); the ``jit sample`` command around it is :mod:`jit_diffusion.cli.sample`."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -12,11 +14,76 @@ from tqdm.auto import tqdm
 
 from ..core.device import autocast_context, resolve_device
 from ..core.images import make_grid, save_grid, save_npz, save_png_folder, to_uint8
-from .sampling import check_interval, image_noise, sample
+from .pmf_sampling import sample_pmf
+from .sampling import METHODS, check_interval, image_noise, network_evaluations, sample, sampling_times
 
-__all__ = ["autocast_context", "generate", "image_noise", "interval_arg", "make_grid",
-           "parse_classes", "parse_interval", "resolve_device", "save_grid", "save_npz", "save_png_folder",
-           "to_uint8"]  # fmt: skip
+__all__ = ["DEFAULT_STEPS", "FAMILY_SAMPLERS", "SAMPLER_NAMES", "autocast_context", "check_cfg", "check_method",
+           "evaluations", "generate", "image_noise", "interval_arg", "make_grid", "parse_classes", "parse_interval",
+           "resolve_device", "save_grid", "save_npz", "save_png_folder", "to_uint8"]  # fmt: skip
+
+PMF_METHOD = "pmf"
+
+
+def _pmf_sample(model, noise, labels, *, method: str | None = PMF_METHOD, steps: int = 1, cfg: float = 1.0,
+                cfg_interval: Sequence[float] = (0.0, 1.0), noise_scale: float = 1.0, **_solver_options):  # fmt: skip
+    """:func:`sample_pmf` with :func:`sampling.sample`'s keywords: ``cfg`` is omega, ``cfg_interval`` in our
+    time; the ODE solver's options (grid, shift, t_eps, prediction, final) do not apply."""
+    check_method("pmf", method)
+    return sample_pmf(model, labels, noise, steps, cfg, cfg_interval, noise_scale=noise_scale)
+
+
+class FamilySampler(NamedTuple):
+    """How a family samples: ``run(model, noise, labels, **sampler)`` and its network evaluations per image
+    ``evaluations(method, steps, **grid)``; ``methods`` its sampler names, ``min_cfg`` the least guidance
+    weight it takes (None: any)."""
+
+    run: Callable[..., torch.Tensor]
+    evaluations: Callable[..., int]
+    methods: tuple[str, ...]
+    min_cfg: float | None = None
+
+
+def _ode_evaluations(method: str, steps: int, **grid) -> int:
+    return network_evaluations(method, sampling_times(method, steps, **grid))
+
+
+FAMILY_SAMPLERS = {
+    "jit": FamilySampler(sample, _ode_evaluations, METHODS),
+    "pmf": FamilySampler(_pmf_sample, lambda method, steps, **grid: int(steps), (PMF_METHOD,), 1.0),  # 1 per step
+}
+
+
+SAMPLER_NAMES = tuple(dict.fromkeys(m for s in FAMILY_SAMPLERS.values() for m in s.methods))  # solvers, pmf
+DEFAULT_STEPS = 50  # a JiT model's ODE steps when neither a flag nor the model gives them
+
+
+def _sampler(family: str) -> FamilySampler:
+    if family not in FAMILY_SAMPLERS:
+        raise ValueError(f"no sampler for model family {family!r}; known: {', '.join(FAMILY_SAMPLERS)}")
+    return FAMILY_SAMPLERS[family]
+
+
+def check_method(family: str, method: str | None) -> None:
+    """A one-line ValueError when ``method`` is not a sampler of ``family`` (None: the model's default)."""
+    methods = _sampler(family).methods
+    if method is not None and method not in methods:
+        if any(method in other.methods for other in FAMILY_SAMPLERS.values()):
+            raise ValueError(f"--method {method} does not apply to a {family} model; its sampler(s): "
+                             f"{', '.join(methods)} (or leave --method out)")  # fmt: skip
+        raise ValueError(f"--method: unknown sampler {method!r}; choose from {', '.join(methods)}")
+
+
+def check_cfg(family: str, cfg: float) -> None:
+    """A one-line ValueError when ``family``'s sampler cannot take the guidance weight ``cfg`` (pMF: omega >= 1)."""
+    least = _sampler(family).min_cfg
+    if least is not None and cfg < least:
+        raise ValueError(f"--cfg {cfg:g}: a {family} model takes guidance weights >= {least:g}")
+
+
+def evaluations(family: str, method: str, steps: int, **grid) -> int:
+    """Network evaluations per image of ``family``'s sampler ``method`` with ``steps`` steps (``grid``: the
+    ODE solvers' grid keywords of :func:`sampling.sampling_times`, unused by pMF)."""
+    return _sampler(family).evaluations(method, steps, **grid)
 
 
 @torch.no_grad()
@@ -31,14 +98,17 @@ def generate(
     device: torch.device | str = "cpu",
     precision: str = "auto",
     progress: bool = False,
+    family: str = "jit",
     **sampler,
 ) -> np.ndarray:
     """Sample one image per label; image k uses the noise of index ``start_index + k``. ``sampler`` are
     :func:`sampling.sample`'s keywords (``method``, ``steps``, ``cfg``, ``cfg_interval``, ``noise_scale``,
-    ``t_eps``, ``prediction``, ``grid``, ``shift``, ``final``).
+    ``t_eps``, ``prediction``, ``grid``, ``shift``, ``final``); ``family`` picks the sampler (``pmf``: cfg is
+    omega, cfg_interval in our time, ``steps`` evaluations, the ODE options unused).
 
     Returns uint8 (N, H, W, 3).
     """
+    run = _sampler(family).run
     device = resolve_device(device)
     labels = torch.as_tensor(labels, dtype=torch.long)
     chunks = []
@@ -48,7 +118,7 @@ def generate(
         idx = range(start_index + lo, start_index + lo + len(y))
         noise = image_noise(idx, (model.in_channels, image_size, image_size), seed).to(device)
         with autocast_context(device, precision):
-            out = sample(model, noise, y, **sampler)
+            out = run(model, noise, y, **sampler)
         chunks.append(to_uint8(out))
     if not chunks:
         return np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
@@ -59,7 +129,10 @@ def compile_for_sampling(model, device: torch.device, enabled: bool = True):
     """``torch.compile`` the whole forward on CUDA (``jit sample``/``jit eval`` unless ``--no-compile``); each
     batch shape (with and without the CFG rows, the last batch) compiles once. Idempotent; returns ``model``."""
     if enabled and torch.device(device).type == "cuda" and getattr(model, "_compiled_call_impl", None) is None:
-        model.compile_model("model")
+        if hasattr(model, "compile_model"):
+            model.compile_model("model")
+        else:
+            model.compile()  # a network without its own compile options (pMF): the whole forward
     return model
 
 

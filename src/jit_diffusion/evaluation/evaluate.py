@@ -5,7 +5,9 @@
 (Inception FID/IS/PR or the offline classifier's FD-<dataset> and class accuracy, :mod:`.metrics`),
 and for the whole sweep ``DIR/sweep.{md,csv,png}``. Under torchrun every rank generates its share of
 the chunks; rank 0 then computes the metrics. Every check that can fail runs before anything is
-generated: without Inception weights the command stops at once. :func:`run_eval` still takes the
+generated: without Inception weights the command stops at once. Any model family: a pMF model sweeps its
+steps (``--steps 1,2``), omega (``--cfg``) and interval (our time) with its one sampler, ``pmf``, whose
+network evaluations are its steps. :func:`run_eval` still takes the
 parsed flags (an ``argparse.Namespace``).
 """
 
@@ -23,8 +25,15 @@ import torch
 
 from ..core.distributed import barrier, cleanup, init_distributed
 from ..core.fileio import save_json
-from ..diffusion.generate import compile_for_sampling
-from ..diffusion.sampling import METHODS, network_evaluations, resolve_grid, sampling_times
+from ..diffusion.generate import (
+    DEFAULT_STEPS,
+    SAMPLER_NAMES,
+    check_cfg,
+    check_method,
+    compile_for_sampling,
+    evaluations,
+)
+from ..diffusion.sampling import METHODS, resolve_grid, sampling_times
 from ..formats.loading import Source, open_source
 from .frechet import StatsAccumulator, feature_stats, frechet_distance
 from .metrics import (
@@ -135,10 +144,16 @@ def _plan(args, metrics: list[str], axes: SweepAxes, emas: list[str], models: So
     if info.num_classes == 0 and "acc" in metrics and verbose:
         print("unconditional model: class accuracy does not apply, skipping acc")
     interval = tuple(args.interval) if args.interval is not None else tuple(info.cfg_interval)
-    settings = sweep_settings(emas, cfgs, axes.methods or [info.method], axes.steps)
-    for setting in settings:  # the grid's checks (the model's t_eps, --shift) before anything is generated
-        sampling_times(setting.method, setting.steps, grid=args.time_grid, shift=args.shift, cfg=setting.cfg,
-                       cfg_interval=interval, t_eps=info.t_eps)  # fmt: skip
+    methods = axes.methods or [info.method]
+    for method in methods:
+        check_method(info.family, method)
+    for cfg in cfgs:
+        check_cfg(info.family, cfg)
+    settings = sweep_settings(emas, cfgs, methods, axes.steps or [info.steps or DEFAULT_STEPS])
+    for setting in settings:  # the ODE grid's checks (the model's t_eps, --shift) before anything is generated
+        if setting.method in METHODS:
+            sampling_times(setting.method, setting.steps, grid=args.time_grid, shift=args.shift, cfg=setting.cfg,
+                           cfg_interval=interval, t_eps=info.t_eps)  # fmt: skip
     return EvalPlan(metrics, settings, sample_labels(num, info.num_classes), interval, data,
                     str(Path(models.file).resolve()), Path(args.out))  # fmt: skip
 
@@ -148,7 +163,8 @@ class SweepAxes(NamedTuple):
 
     cfgs: list[float] | None
     methods: list[str] | None
-    steps: list[int]
+    steps: list[int] | None
+
 
 
 def _sweep_axes(args: argparse.Namespace) -> SweepAxes:
@@ -156,12 +172,13 @@ def _sweep_axes(args: argparse.Namespace) -> SweepAxes:
     before any sampling."""
     axes = SweepAxes(cfgs=parse_list(args.cfg, "--cfg", float, "1.5,2.0") if args.cfg else None,
                      methods=parse_list(args.method, "--method") if args.method else None,
-                     steps=parse_list(args.steps, "--steps", int, "10,20"))  # fmt: skip
+                     steps=parse_list(args.steps, "--steps", int, "10,20") if args.steps else None)  # fmt: skip
     for method in axes.methods or []:
-        if method not in METHODS:
-            raise ValueError(f"--method: unknown solver {method!r}; choose from {', '.join(METHODS)}")
-        resolve_grid(method, args.time_grid, args.shift)
-    if min(axes.steps) < 1:
+        if method not in SAMPLER_NAMES:
+            raise ValueError(f"--method: unknown solver {method!r}; choose from {', '.join(SAMPLER_NAMES)}")
+        if method in METHODS:
+            resolve_grid(method, args.time_grid, args.shift)
+    if axes.steps and min(axes.steps) < 1:
         raise ValueError(f"--steps must be >= 1, got {min(axes.steps)}")
     return axes
 
@@ -177,6 +194,10 @@ def _sampling_record(args, info, setting: Setting, plan: EvalPlan) -> dict:
         "prediction": info.prediction, "noise_scale": info.noise_scale, "t_eps": info.t_eps,
         "precision": args.precision,
     }  # fmt: skip
+    if info.family != "jit":  # named only for other families, so older folders still resume
+        record["family"] = info.family
+    if setting.method not in METHODS:  # no ODE grid (pMF)
+        return record
     grid, shift = resolve_grid(setting.method, args.time_grid, args.shift)
     if grid != "uniform":
         record.update(time_grid=grid, **({"shift": shift} if grid == "shifted" else {}))
@@ -202,7 +223,7 @@ def _generate(args, plan: EvalPlan, models: Source, dist_info) -> dict[str, dict
                 image_size=info.image_size, seed=args.seed, cfg=setting.cfg, cfg_interval=plan.interval,
                 steps=setting.steps, method=setting.method, noise_scale=info.noise_scale, t_eps=info.t_eps,
                 prediction=info.prediction, grid=args.time_grid, shift=args.shift, final=args.final,
-                batch_size=args.batch_size, device=dist_info.device, precision=args.precision,
+                batch_size=args.batch_size, device=dist_info.device, precision=args.precision, family=info.family,
             )  # fmt: skip
             done[setting.name] = {"chunks": made, "seconds": round(time.perf_counter() - start, 2)}
     return done
@@ -250,11 +271,11 @@ def _score(args, plan: EvalPlan, setting: Setting, scorer: Scorer, info, run: di
                             iter_chunks(samples_dir, plan.num, args.chunk_size), plan.num)  # fmt: skip
         print(f"wrote {npz}")
     classifier = scorer.classifier
-    times = sampling_times(setting.method, setting.steps, grid=args.time_grid, shift=args.shift, cfg=setting.cfg,
-                           cfg_interval=plan.interval, t_eps=info.t_eps)  # fmt: skip
+    nfe = evaluations(info.family, setting.method, setting.steps, grid=args.time_grid, shift=args.shift,
+                      cfg=setting.cfg, cfg_interval=plan.interval, t_eps=info.t_eps)  # fmt: skip
     return {
         "setting": setting.name, **setting.fields(), "num": plan.num, "metrics": result,
-        "network_evaluations": network_evaluations(setting.method, times),
+        "network_evaluations": nfe,
         "sampling": _sampling_record(args, info, setting, plan),
         "reference": None if scorer.reference is None else scorer.reference.get("source"),
         "classifier": None if classifier is None else str(classifier.folder),

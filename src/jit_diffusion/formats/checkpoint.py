@@ -28,7 +28,7 @@ import torch
 
 from ..core.errors import UserError
 from ..core.fileio import atomic_write_bytes, atomic_write_text, safe_torch_load
-from ..models.config import ModelInfo
+from ..models.config import DEFAULT_FAMILY, ModelInfo, family_spec
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest"
@@ -40,7 +40,8 @@ _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.
 __all__ = [
     "CKPT_DIR", "LATEST", "CheckpointWriteError", "ModelInfo", "checkpoint_path", "checkpoint_candidates",
     "info_from_training", "is_training_checkpoint", "latest_checkpoint", "list_checkpoints", "read_checkpoint",
-    "resolve_checkpoint", "save_checkpoint", "state_nbytes", "training_weights", "verify_checkpoint", "writing_to",
+    "resolve_checkpoint", "save_checkpoint", "state_nbytes", "training_family", "training_weights",
+    "verify_checkpoint", "writing_to",
 ]  # fmt: skip
 
 
@@ -210,12 +211,19 @@ def training_weights(ckpt: dict, weights: str = "ema1") -> dict[str, torch.Tenso
     return state
 
 
+def training_family(ckpt: dict) -> str:
+    """The model family a training checkpoint records (``model_family``; absent: ``jit``)."""
+    return str(ckpt.get("model_family") or DEFAULT_FAMILY)
+
+
 def info_from_training(ckpt: dict, source: str, weights: str) -> ModelInfo:
-    """The :class:`ModelInfo` of a training checkpoint: its model config, classes, flow and grid settings."""
-    cfg = ckpt["config"]
+    """The :class:`ModelInfo` of a training checkpoint: its family, model config, classes, flow and the
+    sampling settings the run recorded (for pMF: omega, the interval in our time and the step count)."""
+    cfg, spec = ckpt["config"], family_spec(training_family(ckpt), source)
     return ModelInfo.create(
         ckpt["model_config"], ckpt.get("class_names"), prediction=cfg.get("prediction"),
         noise_scale=cfg.get("noise_scale"), t_eps=cfg.get("t_eps"), cfg=cfg.get("sample_cfg"),
         cfg_interval=cfg.get("sample_interval"), method=cfg.get("sample_method"), source=source, weights=weights,
-        step=int(ckpt.get("step", 0)),
+        step=int(ckpt.get("step", 0)), family=spec.name,
+        steps=cfg.get("sample_steps") if spec.steps is not None else None,  # JiT runs: the CLI's default
     )  # fmt: skip

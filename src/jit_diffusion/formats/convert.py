@@ -1,10 +1,12 @@
 """Conversion: turn any model source into an export folder (``config.json`` + ``model.safetensors``)
 or, with ``--format diffusers-b0|diffusers-b``, a diffusers pipeline folder.
 
-Sources are whatever :mod:`.loading` opens: an official ``.pth``, a run folder, its ``checkpoints/latest``,
-a training checkpoint, an export folder or a diffusers-style folder or file. The export format lives in
-:mod:`jit_diffusion.models.pretrained`, the official import in :mod:`.official`, the diffusers layouts in
-:mod:`.diffusers` and :mod:`.diffusers_folder`. The ``jit convert`` command is :mod:`jit_diffusion.cli.convert`.
+Sources are whatever :mod:`.loading` opens: an official ``.pth`` (JiT) or ``.pt`` (pMF), a run folder,
+its ``checkpoints/latest``, a training checkpoint, an export folder or a diffusers-style folder or file.
+A pMF model exports to our format only (its family in ``config.json``, its v head kept when present).
+The export format lives in :mod:`jit_diffusion.models.pretrained`, the official import in :mod:`.official`,
+the diffusers layouts in :mod:`.diffusers` and :mod:`.diffusers_folder`. The ``jit convert`` command is
+:mod:`jit_diffusion.cli.convert`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def load_pretrained(
 
 def load_source(
     src: str | Path | Source, weights: str | None = None, *, in_context_start: int | None = None
-) -> tuple[JiT, ModelInfo]:
+) -> tuple[torch.nn.Module, ModelInfo]:
     """Open anything ``jit convert`` accepts (or use an opened :class:`Source`), on the CPU.
 
     ``weights`` defaults to ema1, or the one weight set an export or diffusers folder holds."""
@@ -54,11 +56,14 @@ def convert(
     overwrite: bool = False,
     in_context_start: int | None = None,
     fmt: str = "jit",
-) -> tuple[Path, JiT, ModelInfo]:
+) -> tuple[Path, torch.nn.Module, ModelInfo]:
     """Export ``src`` (see :func:`load_source`) at ``out`` in ``fmt`` (see :data:`FORMATS`)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {list(FORMATS)}")
-    model, info = load_source(src, weights, in_context_start=in_context_start)
+    source = src if isinstance(src, Source) else open_source(src, in_context_start=in_context_start)
+    if FORMATS[fmt] is not None and source.family != "jit":
+        raise ValueError(f"--format {fmt} holds JiT models only; a {source.family} model converts to --format jit")
+    model, info = load_source(source, weights)
     if FORMATS[fmt] is None:
         folder = save_pretrained(model, out, info, dtype=dtype, overwrite=overwrite)
     else:

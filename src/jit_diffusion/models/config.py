@@ -1,5 +1,6 @@
-"""Configuration of a JiT network (:class:`JiTConfig`), the preset registry, and :class:`ModelInfo`,
-what a sampler needs to know about a trained model beside its weights."""
+"""Configuration of a JiT network (:class:`JiTConfig`), the preset registry, the model families' configs
+and sampler defaults (:data:`FAMILY_SPECS`), and :class:`ModelInfo`, what a sampler needs to know about a
+trained model beside its weights."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from .pmf_config import PMFConfig, find_pmf_preset
 
 
 @dataclass
@@ -101,15 +104,70 @@ def find_preset(config: JiTConfig | Mapping[str, Any]) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Model families: each its config class, preset lookup and sampler defaults (the network classes
+# are added by :mod:`.families`)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What the layers below the networks know of a family: its config class, how to name its preset, its
+    sampler(s) (``methods`` None: any ODE solver of :mod:`jit_diffusion.diffusion.solvers`) and defaults."""
+
+    name: str
+    config_cls: type
+    find_preset: Any
+    method: str
+    methods: tuple[str, ...] | None = None
+    steps: int | None = None  # the model's default step count (None: the CLI's, 50)
+
+
+DEFAULT_FAMILY = "jit"
+FAMILY_SPECS = {
+    "jit": FamilySpec("jit", JiTConfig, find_preset, method="heun"),
+    "pmf": FamilySpec("pmf", PMFConfig, find_pmf_preset, method="pmf", methods=("pmf",), steps=1),
+}
+
+
+def family_spec(family: str | None, source: str = "model") -> FamilySpec:
+    """The :class:`FamilySpec` of ``family`` (None: ``jit``, what files without a family record hold)."""
+    name = DEFAULT_FAMILY if family is None else str(family)
+    if name not in FAMILY_SPECS:
+        raise ValueError(f"{source}: unknown model family {name!r}; known: {', '.join(FAMILY_SPECS)}")
+    return FAMILY_SPECS[name]
+
+
+def config_family(config: Any) -> FamilySpec:
+    """The family of a config object (a :class:`JiTConfig`, :class:`PMFConfig`, ...)."""
+    for spec in FAMILY_SPECS.values():
+        if isinstance(config, spec.config_cls):
+            return spec
+    raise TypeError(f"expected a model config ({', '.join(s.config_cls.__name__ for s in FAMILY_SPECS.values())}), "
+                    f"got {type(config).__name__}")  # fmt: skip
+
+
+def parse_model_config(fields: Mapping[str, Any], family: str | None = None, source: str = "model config") -> Any:
+    """The validated config object of ``family`` from a dict of its fields (one-line errors naming ``source``)."""
+    return family_spec(family, source).config_cls.from_dict(fields, source=source)
+
+
+def preset_name(config: Any) -> str | None:
+    """The preset (of the config's family) whose architecture ``config`` has, or None."""
+    return config_family(config).find_preset(config)
+
+
+# ---------------------------------------------------------------------------------------------
 # What a sampler needs beside the weights
 # ---------------------------------------------------------------------------------------------
 
 
 @dataclass
 class ModelInfo:
-    """A trained model's settings: its config, class names, flow and default sampling settings (guidance,
-    interval, ODE solver ``method``), origin.
+    """A trained model's settings: its family and config, class names, flow and default sampling settings
+    (guidance, interval in our time, sampler ``method``, default ``steps``), origin.
 
+    For a pMF model ``cfg`` is the guidance weight omega the network is conditioned on, ``cfg_interval``
+    the guidance interval in our time (t = 1 clean) and ``method`` always ``pmf``.
     Build it with :meth:`create`, which fills the defaults in one place."""
 
     model_config: dict
@@ -123,6 +181,8 @@ class ModelInfo:
     weights: str = "ema1"
     step: int | None = None
     method: str = "heun"
+    family: str = DEFAULT_FAMILY
+    steps: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -135,7 +195,7 @@ class ModelInfo:
     @classmethod
     def create(
         cls,
-        model_config: JiTConfig | Mapping[str, Any],
+        model_config: Any,
         class_names: Sequence[str] | None = None,
         *,
         prediction: str | None = None,
@@ -147,12 +207,18 @@ class ModelInfo:
         weights: str | None = None,
         step: int | None = None,
         method: str | None = None,
+        family: str | None = None,
+        steps: int | None = None,
     ) -> ModelInfo:
         """A ModelInfo with defaults for every setting given as None; class names default to "0", "1", ...
+        ``family`` defaults to the config object's (``jit`` for a dict); a family with one sampler (pMF)
+        always gets it, whatever ``method`` says, and its default ``steps``.
 
         Raises ValueError when the number of class names is not the model's number of classes.
         """
-        config = dataclasses.asdict(model_config) if isinstance(model_config, JiTConfig) else dict(model_config)
+        is_object = dataclasses.is_dataclass(model_config) and not isinstance(model_config, type)
+        spec = family_spec(family, source or "model") if family or not is_object else config_family(model_config)
+        config = dataclasses.asdict(model_config) if is_object else dict(model_config)
         num_classes = int(config["num_classes"])
         names = [str(n) for n in class_names or []] or [str(i) for i in range(num_classes)]
         if len(names) != num_classes:
@@ -170,5 +236,7 @@ class ModelInfo:
             source=source,
             weights=str(pick(weights, defaults.weights)),
             step=None if step is None else int(step),
-            method=str(pick(method, defaults.method)),
+            method=spec.method if spec.methods is not None or method is None else str(method),
+            family=spec.name,
+            steps=int(pick(steps, spec.steps)) if pick(steps, spec.steps) is not None else None,
         )

@@ -15,6 +15,11 @@ from torch import nn
 from ..core import kernels
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """x in fp32, or as it is when wider (float64 stays float64, for finite-difference checks)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 class RMSNorm(nn.Module):
     """RMSNorm with the statistics and the weight product in fp32, cast back to the input dtype."""
 
@@ -24,10 +29,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
+        x32 = at_least_fp32(x)
         # x / sqrt(mean(x^2) + eps) * w, all in fp32
         out = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (out * self.weight.float()).to(x.dtype)
+        return (out * at_least_fp32(self.weight)).to(x.dtype)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -42,7 +47,7 @@ def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 1000
     half = dim // 2
     # f_k = exp(-ln(max_period) * k / half), same op order as the reference for bit parity
     freqs = torch.exp(-math.log(max_period) * torch.arange(0, half, dtype=torch.float32) / half)
-    args = t[:, None].float() * freqs.to(t.device)[None]  # (B, half)
+    args = at_least_fp32(t[:, None]) * freqs.to(t.device)[None]  # (B, half)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, dim)
 
 
@@ -97,7 +102,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """out = x cos + rotate_half(x) sin, computed in fp32 and returned in x's dtype."""
-    x32 = x.float()
+    x32 = at_least_fp32(x)
     return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
 
 

@@ -2,11 +2,13 @@
 and the Hugging Face Hub mixin that gives :class:`~jit_diffusion.models.jit.JiT` ``save_pretrained`` /
 ``from_pretrained`` on that format.
 
-- ``config.json``: ``format``, ``preset`` (or null), ``model_config`` (the :class:`JiTConfig` fields),
-  ``num_params``, ``dtype``, ``weights`` (ema1/ema2/raw), ``flow`` {prediction, noise_scale, t_eps},
-  ``sampling`` {cfg, cfg_interval, method}, ``class_names``, ``source``, ``step``.
+- ``config.json``: ``format``, ``family`` (``jit`` or ``pmf``; absent: ``jit``), ``preset`` (or null),
+  ``model_config`` (the family's config fields), ``num_params``, ``dtype``, ``weights`` (ema1/ema2/raw),
+  ``flow`` {prediction, noise_scale, t_eps}, ``sampling`` {cfg, cfg_interval, method, steps (when the
+  model has a default)}, ``class_names``, ``source``, ``step``.
 - ``model.safetensors``: the network's state dict without the ``net.`` prefix, fp32 or bf16 (``pos_embed``,
-  a fixed table, stays fp32), with a small string metadata block (format, preset, weights).
+  a fixed table, stays fp32), with a small string metadata block (format, preset, weights). Derived
+  buffers (RoPE tables) are not stored: they are recomputed when the model is built.
 
 Functions that build a model take the model class as an argument, so this module sits below ``model``.
 """
@@ -25,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..core.fileio import atomic_folder, atomic_write_path, read_json_object, save_json
-from .config import JiTConfig, ModelInfo, find_preset
+from .config import JiTConfig, ModelInfo, config_family, parse_model_config, preset_name
 
 FORMAT = "jit-diffusion/1"
 CONFIG_NAME = "config.json"
@@ -90,11 +92,15 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[dtype]
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The network inside torch.compile / DDP wrappers; a TypeError for anything without a JiTConfig."""
+def unwrap(model: torch.nn.Module, any_family: bool = False) -> torch.nn.Module:
+    """The network inside torch.compile / DDP wrappers; a TypeError for anything without a JiTConfig (with
+    ``any_family``: without the config of a known family)."""
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
     model = getattr(model, "module", model)  # DDP wrapper
-    if not isinstance(getattr(model, "config", None), JiTConfig):
+    config = getattr(model, "config", None)
+    if any_family:
+        config_family(config)  # TypeError for an unknown kind of model
+    elif not isinstance(config, JiTConfig):
         raise TypeError(f"expected a JiT model, got {type(model).__name__}")
     return model
 
@@ -124,7 +130,8 @@ def settings_blocks(info: ModelInfo) -> dict[str, dict[str, Any]]:
     """The ``flow`` and ``sampling`` blocks an export records (read back by :func:`recorded_settings`)."""
     return {
         "flow": {"prediction": info.prediction, "noise_scale": info.noise_scale, "t_eps": info.t_eps},
-        "sampling": {"cfg": info.cfg, "cfg_interval": list(info.cfg_interval), "method": info.method},
+        "sampling": {"cfg": info.cfg, "cfg_interval": list(info.cfg_interval), "method": info.method,
+                     **({"steps": info.steps} if info.steps is not None else {})},
     }
 
 
@@ -132,7 +139,8 @@ def recorded_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The :class:`ModelInfo` settings in the ``flow`` and ``sampling`` blocks of ``config`` (None where absent)."""
     flow, sampling = config.get("flow") or {}, config.get("sampling") or {}
     return dict(prediction=flow.get("prediction"), noise_scale=flow.get("noise_scale"), t_eps=flow.get("t_eps"),
-                cfg=sampling.get("cfg"), cfg_interval=sampling.get("cfg_interval"), method=sampling.get("method"))
+                cfg=sampling.get("cfg"), cfg_interval=sampling.get("cfg_interval"), method=sampling.get("method"),
+                steps=sampling.get("steps"))
 
 
 def export_config(model: torch.nn.Module, info: ModelInfo, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
@@ -140,7 +148,8 @@ def export_config(model: torch.nn.Module, info: ModelInfo, dtype: torch.dtype = 
     config = dataclasses.asdict(model.config)
     return {
         "format": FORMAT,
-        "preset": find_preset(config),
+        "family": config_family(model.config).name,
+        "preset": preset_name(model.config),
         "model_config": config,
         "num_params": model.num_params(),
         "dtype": str(dtype).removeprefix("torch."),
@@ -156,7 +165,7 @@ def write_pretrained_files(
     model: torch.nn.Module, folder: str | Path, info: ModelInfo | None = None, dtype: str | torch.dtype = "fp32"
 ) -> None:
     """Write ``config.json`` and ``model.safetensors`` into an existing folder (each file atomically)."""
-    model = unwrap(model)
+    model = unwrap(model, any_family=True)
     dtype = resolve_dtype(dtype)
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"export dtype must be fp32 or bf16, got {dtype}")
@@ -198,9 +207,9 @@ def is_export_folder(path: str | Path) -> bool:
     return path.is_dir() and (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
 
 
-def read_export(folder: str | Path) -> tuple[dict[str, Any], JiTConfig]:
-    """Read and check ``config.json`` of an export folder: the contents (``model_config`` complete) and the
-    :class:`JiTConfig` they describe."""
+def read_export(folder: str | Path) -> tuple[dict[str, Any], Any]:
+    """Read and check ``config.json`` of an export folder: the contents (``model_config`` complete, ``family``
+    set) and the config object (:class:`JiTConfig`, or the ``family``'s) they describe."""
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (expected an export folder with {CONFIG_NAME})")
@@ -213,8 +222,9 @@ def read_export(folder: str | Path) -> tuple[dict[str, Any], JiTConfig]:
     model_config = config.get("model_config")
     if not isinstance(model_config, dict):
         raise ValueError(f"{path} has no 'model_config' object")
-    parsed = JiTConfig.from_dict(model_config, source=str(path))
+    parsed = parse_model_config(model_config, config.get("family"), source=str(path))
     config["model_config"] = dataclasses.asdict(parsed)
+    config["family"] = config_family(parsed).name
     return config, parsed
 
 
@@ -241,7 +251,8 @@ def read_export_weights(folder: str | Path, model_cls: type, model_config: JiTCo
 def info_from_export(config: Mapping[str, Any], source: str) -> ModelInfo:
     """The :class:`ModelInfo` recorded in an export's ``config.json``."""
     return ModelInfo.create(config["model_config"], config.get("class_names"), **recorded_settings(config),
-                            source=source, weights=config.get("weights"), step=config.get("step"))  # fmt: skip
+                            source=source, weights=config.get("weights"), step=config.get("step"),
+                            family=config.get("family"))  # fmt: skip
 
 
 def load_pretrained(

@@ -1,0 +1,182 @@
+"""The pixel MeanFlow training objective (public JAX ``pmf.py``), in pMF time (t = 1 noise, t = 0 image).
+
+Per image x with label y: two logit-normal times with t >= r (the first half of the global batch has
+r = t: flow-matching samples), z = (1 - t) x + t e, v_t = (z - x) / clip(t, 0.05, 1), a guidance weight
+omega with density 1/omega on [1, 1 + cfg_max] and an interval [t_min, t_max]. The guided target v_g comes
+from the model's own v head (no gradient); the JVP of u along (dz, dt, dr) = (v_c, 1, 0) gives du/dt and
+V = u + (t - r) sg(du/dt). Loss per image: |V - v_g|^2 and |v - v_g|^2, each divided by sg(L + 0.01).
+
+Every random draw is a function of (seed, step, position in the global batch) (:mod:`rng`), including
+the two batch-level rules (the flow-matching half and the class dropout of the first n images), so one
+process and N processes, accumulation and resume all see the same draws.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..core import rng
+from ..models.layers import at_least_fp32
+from .flow import logit_normal
+
+# stream ids of the pMF draws (rng's own: 1-5; time and noise reuse rng.STREAM_TIME / STREAM_NOISE)
+STREAM_R, STREAM_T_MIN, STREAM_T_MAX, STREAM_OMEGA, STREAM_CLASS_DROP, STREAM_TR_UNIFORM = 11, 12, 13, 14, 15, 16
+PMF_STREAMS = (STREAM_R, STREAM_T_MIN, STREAM_T_MAX, STREAM_OMEGA, STREAM_CLASS_DROP, STREAM_TR_UNIFORM)
+
+# an extra loss term: (x_hat, x) -> per-image loss (B,), e.g. LPIPS from local weights
+PerceptualLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class MeanFlowDraws:
+    """The random inputs of one step for this process's images (all (B,) but ``noise``)."""
+
+    t: torch.Tensor
+    r: torch.Tensor
+    noise: torch.Tensor  # (B, C, H, W), unit variance
+    t_min: torch.Tensor
+    t_max: torch.Tensor
+    omega: torch.Tensor
+    flow_matching: torch.Tensor  # bool: r = t and interval [0, 1]
+    dropped: torch.Tensor  # bool: null label, target v_t
+
+
+def cfg_scale(uniform: torch.Tensor, cfg_max: float, cfg_beta: float = 1.0) -> torch.Tensor:
+    """Guidance weights on [1, 1 + cfg_max] with density proportional to omega^-cfg_beta, from U(0, 1) draws."""
+    if cfg_beta == 1.0:
+        return torch.exp(uniform * math.log1p(cfg_max))  # inverse CDF of 1/omega
+    log_base = (1.0 - cfg_beta) * math.log1p(cfg_max)
+    return torch.exp(torch.log1p(uniform * math.expm1(log_base)) / (1.0 - cfg_beta))
+
+
+def drop_classes(labels, v_g, v_t, dropped: torch.Tensor, null_label: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class dropout: the ``dropped`` images get the null label and the unguided target v_t."""
+    labels = torch.where(dropped, torch.full_like(labels, null_label), labels)
+    return labels, torch.where(dropped.view(-1, 1, 1, 1), v_t, v_g)
+
+
+def adaptive_weighted(loss: torch.Tensor, eps: float = 0.01, power: float = 1.0) -> torch.Tensor:
+    """loss / sg((loss + eps)^power)."""
+    return loss / (loss.detach() + eps) ** power
+
+
+@dataclass
+class PMFObjective:
+    """pMF loss; defaults are the public module's (pMF-B/16 trains with p_mean 0.8, p_std 0.8)."""
+
+    p_mean: float = -0.4
+    p_std: float = 1.0
+    cfg_max: float = 7.0
+    cfg_beta: float = 1.0
+    noise_scale: float = 1.0
+    data_proportion: float = 0.5
+    class_dropout_prob: float = 0.1
+    tr_uniform: float = 0.0  # share of images with t, r ~ U(0, 1) instead (0.1 for H/16)
+    norm_eps: float = 0.01
+    norm_p: float = 1.0
+    t_clip: float = 0.05
+    perceptual: Sequence[tuple[float, PerceptualLoss]] = field(default_factory=tuple)  # (weight, loss)
+    perceptual_max_t: float = 1.0
+
+    def __post_init__(self):
+        for name in ("data_proportion", "class_dropout_prob", "tr_uniform"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"pMF objective: {name} must lie in [0, 1], got {getattr(self, name)}")
+        if not (self.cfg_max >= 0 and self.p_std > 0 and self.norm_eps > 0 and self.noise_scale > 0):
+            raise ValueError("pMF objective: cfg_max must be >= 0 and p_std, norm_eps, noise_scale > 0, got "
+                             f"{self.cfg_max}, {self.p_std}, {self.norm_eps}, {self.noise_scale}")  # fmt: skip
+
+    # --- draws -------------------------------------------------------------------------------------
+
+    def counter_draws(
+        self, seed: int, step: int, positions: torch.Tensor, global_batch: int, sample_shape: tuple[int, ...]
+    ) -> MeanFlowDraws:
+        """The draws for the images at ``positions`` of the global batch of ``step`` (see :mod:`rng`)."""
+        draw_u = lambda stream, n=1: rng.uniform(seed, step, stream, positions, n)  # noqa: E731
+        t = logit_normal(rng.normal(seed, step, rng.STREAM_TIME, positions, 1)[:, 0], self.p_mean, self.p_std)
+        r = logit_normal(rng.normal(seed, step, STREAM_R, positions, 1)[:, 0], self.p_mean, self.p_std)
+        if self.tr_uniform > 0:
+            mask_t_r = draw_u(STREAM_TR_UNIFORM, 3)  # (B, 3): which, t, r
+            uniform = mask_t_r[:, 0] < self.tr_uniform
+            t, r = torch.where(uniform, mask_t_r[:, 1], t), torch.where(uniform, mask_t_r[:, 2], r)
+        fm = positions < int(global_batch * self.data_proportion)  # the first images: r = t
+        r = torch.where(fm, t, r)
+        t, r = torch.maximum(t, r), torch.minimum(t, r)
+        noise = rng.normal(seed, step, rng.STREAM_NOISE, positions, math.prod(sample_shape))
+        t_min = torch.where(fm, 0.0, 0.5 * draw_u(STREAM_T_MIN)[:, 0])  # U(0, 0.5)
+        t_max = torch.where(fm, 1.0, 0.5 + 0.5 * draw_u(STREAM_T_MAX)[:, 0])  # U(0.5, 1)
+        omega = cfg_scale(draw_u(STREAM_OMEGA)[:, 0], self.cfg_max, self.cfg_beta)
+        return MeanFlowDraws(t, r, noise.view(-1, *sample_shape), t_min, t_max, omega, fm,
+                             self.dropped(seed, step, positions, global_batch))  # fmt: skip
+
+    def dropped(self, seed: int, step: int, positions: torch.Tensor, global_batch: int) -> torch.Tensor:
+        """Class dropout: n = #{U(0,1) < p} over the global batch; the images at positions < n are dropped."""
+        if self.class_dropout_prob <= 0:
+            return torch.zeros_like(positions, dtype=torch.bool)
+        every = torch.arange(global_batch, device=positions.device)
+        count = (rng.uniform(seed, step, STREAM_CLASS_DROP, every)[:, 0] < self.class_dropout_prob).sum()
+        return positions < count
+
+    # --- loss --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def guided_target(self, model, z, t, v_t, labels, draws: MeanFlowDraws, null_label: int):
+        """(v_g, v_c): the guided velocity target and the conditional velocity (the JVP tangent), both from
+        the v head at h = 0 with the interval input [0, 1]. One forward of 3B rows: (y, omega),
+        (null, 1) and (y, w) with w = omega inside [t_min, t_max] and 1 outside."""
+        B = z.shape[0]
+        inside = (t >= draws.t_min) & (t <= draws.t_max)
+        w = torch.where(inside, draws.omega, torch.ones_like(draws.omega))
+        rows = lambda *parts: torch.cat(parts)  # noqa: E731
+        zeros, ones = torch.zeros_like(t), torch.ones_like(t)
+        _, v_all = model(rows(z, z, z), rows(t, t, t), rows(zeros, zeros, zeros), rows(draws.omega, ones, w),
+                         rows(zeros, zeros, zeros), rows(ones, ones, ones),
+                         rows(labels, torch.full_like(labels, null_label), labels), heads="v")  # fmt: skip
+        v_c_full, v_u, v_c = v_all.to(v_t.dtype).split(B)
+        shape = (-1, 1, 1, 1)
+        v_g_fm = v_t + (1 - 1 / draws.omega).view(shape) * (v_c_full - v_u)
+        v_g = v_t + (1 - 1 / w).view(shape) * (v_c - v_u)
+        return torch.where(draws.flow_matching.view(shape), v_g_fm, v_g), v_c
+
+    def per_sample_losses(self, model, x, labels, draws: MeanFlowDraws, null_label: int | None = None):
+        """Per-image terms (B,): ``loss`` (weighted total), ``u``, ``v`` (raw squared errors) and any
+        perceptual terms (raw, zero where t >= perceptual_max_t). ``model`` may be wrapped (DDP, compile):
+        it is only called; ``null_label`` defaults to the network's num_classes."""
+        null_label = num_classes(model) if null_label is None else null_label
+        x = at_least_fp32(x)  # the path and targets in fp32 (float64 stays float64)
+        draws = MeanFlowDraws(*(d.to(x.dtype) if d.is_floating_point() else d for d in vars(draws).values()))
+        t, r, shape = draws.t, draws.r, (-1, 1, 1, 1)
+        e = draws.noise * self.noise_scale
+        z = (1 - t.view(shape)) * x + t.view(shape) * e
+        v_t = (z - x) / t.clamp(self.t_clip, 1.0).view(shape)
+        v_g, v_c = self.guided_target(model, z, t, v_t, labels, draws, null_label)
+        labels, v_g = drop_classes(labels, v_g, v_t, draws.dropped, null_label)
+        u, v, du_dt = model(z, t, t - r, draws.omega, draws.t_min, draws.t_max, labels, jvp_tangent=v_c)
+        V = u + (t - r).view(shape) * du_dt  # du_dt carries no gradient
+        terms = {"u": (V - v_g).square().sum(dim=(1, 2, 3)), "v": (v - v_g).square().sum(dim=(1, 2, 3))}
+        total = adaptive_weighted(terms["u"], self.norm_eps, self.norm_p)
+        total = total + adaptive_weighted(terms["v"], self.norm_eps, self.norm_p)
+        if self.perceptual:
+            x_hat, near = z - t.view(shape) * u, t < self.perceptual_max_t
+            for i, (weight, term) in enumerate(self.perceptual):
+                value = torch.where(near, term(x_hat, x), torch.zeros_like(t))
+                terms[f"perceptual{i}"] = value
+                total = total + weight * adaptive_weighted(value, self.norm_eps, self.norm_p)
+        terms["loss"] = total
+        return terms
+
+    def loss(self, model, x: torch.Tensor, labels: torch.Tensor, draws: MeanFlowDraws,
+             null_label: int | None = None) -> torch.Tensor:  # fmt: skip
+        """Mean over the batch of the adaptively weighted u, v (and perceptual) terms; ``x`` in [-1, 1]."""
+        return self.per_sample_losses(model, x, labels, draws, null_label)["loss"].mean()
+
+
+def num_classes(model) -> int:
+    """``num_classes`` of a network, through torch.compile and DDP wrappers."""
+    inner = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    inner = getattr(inner, "module", inner)  # DDP wrapper
+    return int(inner.num_classes)
