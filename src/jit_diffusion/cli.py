@@ -25,6 +25,7 @@ _COMMAND_MODULES = [
     "jit_diffusion.data",
     "jit_diffusion.convert",
     "jit_diffusion.toy",
+    "jit_diffusion.studio_command",
 ]
 
 

@@ -1,0 +1,200 @@
+"""``jit studio``: the caps, the requests behind the page (without a browser), the run-folder readers, the
+command's errors, and the page itself driven in headless Chromium."""
+
+import dataclasses
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import lively_jit
+from PIL import Image
+
+import jit_diffusion
+from jit_diffusion.checkpoint import save_checkpoint
+from jit_diffusion.cli import main
+from jit_diffusion.config import preset_config
+from jit_diffusion.errors import UserError
+from jit_diffusion.images import make_grid
+from jit_diffusion.studio.limits import Limits
+from jit_diffusion.studio.runs import loss_curve, nearest_preview, preview_grids
+from jit_diffusion.studio.session import Settings, Studio
+
+CONFIG = preset_config("JiT-Ti/4", input_size=16, num_classes=3)
+NAMES = ["apple", "banana", "cherry"]
+
+
+def make_run(root: Path) -> Path:
+    """A run folder: a training checkpoint (raw, ema1, ema2), two preview grids and a loss in tb/."""
+    model = lively_jit(CONFIG)
+    raw = {k: v.clone() for k, v in model.state_dict().items()}
+    emas = {f"ema{i}": {k: v + 0.02 * i * torch.randn_like(v) for k, v in raw.items()} for i in (1, 2)}
+    ckpt = {"model": raw, "ema": emas, "model_config": dataclasses.asdict(CONFIG), "class_names": NAMES, "step": 20,
+            "config": {"prediction": "x", "noise_scale": 1.0, "t_eps": 0.05, "sample_cfg": 2.0,
+                       "sample_interval": [0.1, 1.0], "data": "fruit"}}  # fmt: skip
+    run = root / "run"
+    save_checkpoint(ckpt, run, 20)
+    (run / "samples").mkdir()
+    for step, shade in ((10, 60), (20, 180)):
+        Image.new("RGB", (40, 20), (shade, 0, 0)).save(run / "samples" / f"step_{step:08d}.png")
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(run / "tb")) as writer:
+        for step, loss in ((5, 1.0), (10, 0.5), (15, 0.4)):
+            writer.add_scalar("train/loss", loss, step)
+    return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("studio"))
+
+
+@pytest.fixture(scope="module")
+def studio(run_dir, tmp_path_factory) -> Studio:
+    return Studio(run_dir, device="cpu", limits=Limits(max_images=6, max_steps=12),
+                  out_dir=tmp_path_factory.mktemp("grids"))  # fmt: skip
+
+
+# --- the caps ---------------------------------------------------------------------------------------
+
+
+def test_caps_pass_whole_numbers_within_them():
+    limits = Limits(max_images=4, max_steps=30, max_upload_mb=1)
+    assert limits.images(4) == 4 and limits.images("2") == 2 and limits.images(3.0) == 3
+    assert limits.steps(1) == 1 and limits.steps(30) == 30
+    limits.upload(1_000_000)
+
+
+@pytest.mark.parametrize("call, expected", [
+    (lambda lim: lim.images(5), "image count 5 is over the cap of 4 images per request (start jit studio with "
+                                "--max-images"),
+    (lambda lim: lim.images(0), "image count must be at least 1, got 0"),
+    (lambda lim: lim.images(2.5), "image count must be a whole number, got 2.5"),
+    (lambda lim: lim.images(None), "image count must be a whole number, got None"),
+    (lambda lim: lim.images(float("inf")), "image count must be a whole number"),
+    (lambda lim: lim.steps(31), "steps 31 is over the cap of 30 ODE steps per request (start jit studio with "
+                                "--max-steps"),
+    (lambda lim: lim.steps(-3), "steps must be at least 1, got -3"),
+    (lambda lim: lim.steps("ten"), "steps must be a whole number, got 'ten'"),
+    (lambda lim: lim.upload(1_500_000, "mask.png"), "mask.png is 1.5 MB, over the cap of 1 MB"),
+])  # fmt: skip
+def test_caps_refuse_with_one_clear_line(call, expected):
+    with pytest.raises(UserError) as err:
+        call(Limits(max_images=4, max_steps=30, max_upload_mb=1))
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_caps_must_be_positive():
+    with pytest.raises(UserError, match="studio caps must be positive"):
+        Limits(max_images=0)
+
+
+# --- the requests behind the page ---------------------------------------------------------------------
+
+
+def test_studio_reads_the_model(studio):
+    assert studio.class_names == NAMES
+    assert studio.weight_names == ["raw", "ema1", "ema2"]
+    d = studio.defaults()
+    assert (d.cfg, d.interval, d.method, d.weights) == (2.0, (0.1, 1.0), "heun", "ema1")
+
+
+@pytest.mark.parametrize("method, steps, expected", [("heun", 7, 13), ("heun", 1, 1), ("euler", 9, 9),
+                                                     ("dpm++2m", 10, 10), ("unipc", 4, 4), ("dpm++3m", 5, 5)])
+def test_nfe_follows_the_sampler_table(studio, method, steps, expected):
+    # README: heun 2N - 1, the others N (without guidance no CFG-edge node is added)
+    assert studio.nfe(method, steps, 1.0, (0.1, 1.0)) == expected
+
+
+@pytest.mark.parametrize("method", ["heun", "euler", "dpm++2m", "unipc", "dpm++3m"])
+def test_nfe_shown_is_the_nfe_sampling_spends(studio, method):
+    # with guidance on (0.3, 0.7) a one-step grid of the interval solvers gets a node at each edge: 3 steps
+    for steps in (1, 5):
+        result = studio.run(Settings(label=1, cfg=3.0, interval=(0.3, 0.7), method=method, steps=steps, count=1))
+        assert result.nfe == studio.nfe(method, steps, 3.0, (0.3, 0.7))
+    assert studio.nfe(method, 1, 3.0, (0.3, 0.7)) == (3 if method in ("dpm++2m", "unipc", "dpm++3m") else 1)
+
+
+def test_run_writes_the_grid_it_returns(studio):
+    result = studio.run(Settings(label=2, cfg=2.0, method="euler", steps=4, seed=3, count=5))
+    assert result.images.shape == (5, 16, 16, 3) and result.images.dtype == np.uint8
+    assert result.images.std() > 5  # not blank
+    grid = np.asarray(Image.open(result.grid).convert("RGB"))
+    expected = make_grid(result.images, nrow=5).repeat(4, axis=0).repeat(4, axis=1)  # 64 // 16 = 4x upscale
+    np.testing.assert_array_equal(grid, expected)
+    assert result.summary().startswith("5 images in ") and result.summary().endswith("NFE 4")
+
+
+def test_compare_uses_the_same_noise(studio):
+    a = Settings(label=0, cfg=2.0, method="heun", steps=6, seed=5, count=2)
+    same, again = studio.compare(a, a)
+    np.testing.assert_array_equal(same.images, again.images)
+    heun, ema2 = studio.compare(a, dataclasses.replace(a, weights="ema2", seed=99, count=1))  # b takes a's noise
+    assert ema2.images.shape == heun.images.shape and not np.array_equal(ema2.images, heun.images)
+    # the same noise: the two weight sets differ a little, so their images stay close
+    assert np.abs(ema2.images.astype(int) - heun.images.astype(int)).mean() < 40
+
+
+def test_requests_over_the_caps_fail_before_any_work(studio):
+    before = set(studio.out_dir.iterdir())
+    for bad in (Settings(count=7), Settings(steps=13), Settings(label=3), Settings(method="rk4"),
+                Settings(interval=(0.8, 0.2)), Settings(weights="ema9")):  # fmt: skip
+        with pytest.raises((UserError, ValueError)):
+            studio.run(bad)
+    with pytest.raises(UserError, match="over the cap of 12 ODE steps"):
+        studio.compare(Settings(steps=4, count=1), Settings(steps=50))
+    assert set(studio.out_dir.iterdir()) == before
+
+
+# --- the run folder -----------------------------------------------------------------------------------
+
+
+def test_run_folder_readers(run_dir, tmp_path):
+    grids = preview_grids(run_dir)
+    assert [s for s, _ in grids] == [10, 20]
+    assert nearest_preview(grids, 15)[0] == 10 and nearest_preview(grids, 20)[0] == 20
+    assert nearest_preview(grids, 3)[0] == 10 and nearest_preview([], 3) is None
+    assert loss_curve(run_dir) == [(5, 1.0), (10, 0.5), (15, pytest.approx(0.4))]
+    assert preview_grids(tmp_path) == [] and loss_curve(tmp_path) == []
+
+
+def test_a_resumed_run_keeps_the_last_value_of_a_step(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    for part, points in enumerate(([(1, 3.0), (2, 2.0)], [(2, 1.5), (3, 1.0)])):
+        with SummaryWriter(str(tmp_path / "tb"), filename_suffix=f".{part}") as writer:
+            for step, loss in points:
+                writer.add_scalar("train/loss", loss, step)
+        time.sleep(1.1)  # event files are named by the second they were opened
+    assert loss_curve(tmp_path) == [(1, 3.0), (2, 1.5), (3, 1.0)]
+
+
+# --- the command --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["studio", "{tmp}/missing"], "does not exist"),
+    (["studio", "{run}", "--port", "70000"], "--port must be in 1..65535, got 70000"),
+    (["studio", "{run}", "--max-images", "0"], "studio caps must be positive"),
+])  # fmt: skip
+def test_studio_command_errors_are_one_line(argv, expected, run_dir, tmp_path, capsys):
+    argv = [a.format(tmp=tmp_path, run=run_dir) for a in argv]
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert expected in err and "\n" not in err
+
+
+def test_studio_command_names_the_extra_when_gradio_is_missing(run_dir, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` now fails as if not installed
+    monkeypatch.delitem(sys.modules, "jit_diffusion.studio.app", raising=False)
+    assert main(["studio", str(run_dir)]) != 0
+    assert "pip install 'jit-diffusion[studio]'" in capsys.readouterr().err
