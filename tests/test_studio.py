@@ -1,7 +1,9 @@
 """``jit studio``: the caps, the requests behind the page (without a browser), the run-folder readers, the
 command's errors, and the page itself driven in headless Chromium."""
 
+import contextlib
 import dataclasses
+import importlib.util
 import io
 import os
 import shutil
@@ -24,6 +26,7 @@ from jit_diffusion.cli import main
 from jit_diffusion.config import preset_config
 from jit_diffusion.errors import UserError
 from jit_diffusion.images import make_grid
+from jit_diffusion.loading import open_source
 from jit_diffusion.studio.limits import Limits
 from jit_diffusion.studio.runs import loss_curve, nearest_preview, preview_grids
 from jit_diffusion.studio.session import Settings, Studio
@@ -198,3 +201,123 @@ def test_studio_command_names_the_extra_when_gradio_is_missing(run_dir, monkeypa
     monkeypatch.delitem(sys.modules, "jit_diffusion.studio.app", raising=False)
     assert main(["studio", str(run_dir)]) != 0
     assert "pip install 'jit-diffusion[studio]'" in capsys.readouterr().err
+
+
+# --- the page in a real browser -----------------------------------------------------------------------
+
+REQUIRED = os.environ.get("JIT_STUDIO_REQUIRED") == "1"  # `make test` (and so CI): fail instead of skipping
+
+
+def chromium_or_skip() -> str:
+    """Chromium's executable; a skip (a failure under JIT_STUDIO_REQUIRED=1) naming what is missing."""
+    missing = [m for m in ("gradio", "playwright") if importlib.util.find_spec(m) is None]
+    exe = os.environ.get("STUDIO_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    reason = None
+    if missing:
+        reason = f"the browser test needs the studio extra (pip install -e '.[studio]'); missing {missing}"
+    elif exe is None:
+        reason = "the browser test needs Chromium (Debian package chromium, installed by scripts/system_deps.sh)"
+    if reason:
+        (pytest.fail if REQUIRED else pytest.skip)(reason)
+    return exe
+
+
+@contextlib.contextmanager
+def studio_server(model: Path, log: Path, *extra: str):
+    """`jit studio MODEL` on a free loopback port; yields its URL once the page answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = str(Path(jit_diffusion.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    argv = [sys.executable, "-m", "jit_diffusion.cli", "studio", str(model), "--port", str(port), "--device", "cpu",
+            *extra]  # fmt: skip
+    with open(log, "w") as out:
+        server = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, f"jit studio exited {server.returncode}: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"jit studio did not answer in 180 s: {log.read_text()[-2000:]}"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def picked(page, name: str, option: str) -> str:
+    """Pick ``option`` in the dropdown labelled ``name`` (typing part of it first, as a user searches)."""
+    box = page.get_by_role("combobox", name=name)
+    box.click()
+    box.fill(option[:3])
+    page.get_by_role("option", name=option, exact=True).click()
+    return box.input_value()
+
+
+def typed(page, label: str, value) -> None:
+    field = page.get_by_label(label, exact=True)
+    field.fill(str(value))
+    field.press("Tab")
+
+
+def shown_image(page, selector: str) -> np.ndarray:
+    img = page.locator(f"{selector} img")
+    img.wait_for(timeout=120_000)
+    answer = page.request.get(img.get_attribute("src"))
+    assert answer.ok
+    return np.asarray(Image.open(io.BytesIO(answer.body())).convert("RGB"))
+
+
+@pytest.mark.slow
+def test_the_page_in_headless_chromium(run_dir, tmp_path):
+    exe = chromium_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    model = Path(os.environ.get("STUDIO_MODEL") or run_dir)  # STUDIO_MODEL: e.g. the demo run, for the README
+    info = open_source(model).info()
+    name, size = info.class_names[min(5, info.num_classes - 1)], info.image_size
+    with studio_server(model, tmp_path / "studio.log", "--max-images", "16") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 940})
+        page.goto(url)
+        assert picked(page, "class", name) == name
+        # the NFE follows the solver and the steps (README: heun 2N - 1, dpm++2m N)
+        picked(page, "solver", "heun")
+        typed(page, "steps", 7)
+        expect(page.locator("#nfe")).to_contain_text("NFE 13")
+        assert picked(page, "solver", "dpm++2m") == "dpm++2m"
+        typed(page, "steps", 10)
+        expect(page.locator("#nfe")).to_contain_text("NFE 10")
+        typed(page, "images", 8)
+        page.get_by_role("button", name="Generate").click()
+        expect(page.locator("#timing")).to_contain_text("8 images in", timeout=120_000)
+        expect(page.locator("#timing")).to_contain_text("NFE 10")
+        grid = shown_image(page, "#grid")
+        expected = make_grid(np.zeros((8, size, size, 3), np.uint8), nrow=8).shape[:2]
+        assert grid.shape[:2] == tuple(n * max(1, 64 // size) for n in expected)
+        assert grid.std() > 10 and len(np.unique(grid.reshape(-1, 3), axis=0)) > 50  # not blank
+        if os.environ.get("STUDIO_SCREENSHOT"):
+            page.screenshot(path=os.environ["STUDIO_SCREENSHOT"], full_page=True)
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Download PNG").click()
+        np.testing.assert_array_equal(np.asarray(Image.open(download.value.path()).convert("RGB")), grid)
+        # over the cap: the message shows, and the next request is served
+        typed(page, "images", 17)
+        page.get_by_role("button", name="Generate").click()
+        expect(page.get_by_text("image count 17 is over the cap of 16 images per request")).to_be_visible()
+        typed(page, "images", 2)
+        page.get_by_role("button", name="Generate").click()
+        expect(page.locator("#timing")).to_contain_text("2 images in", timeout=120_000)
+        assert shown_image(page, "#grid").shape[1] < grid.shape[1]
+        browser.close()

@@ -19,6 +19,7 @@ from .session import DEFAULT_STEPS, Settings, Studio
 
 log = logging.getLogger(__name__)
 MAX_GUIDANCE = 10.0
+IMAGE_BUTTONS = ["download", "fullscreen"]  # no share button: nothing is uploaded anywhere
 
 
 def shown(fn):
@@ -100,7 +101,8 @@ def _generate_tab(studio: Studio) -> None:
                 count = gr.Number(value=8, precision=0, label="images", elem_id="count")
             button = gr.Button("Generate", variant="primary", elem_id="generate")
         with gr.Column(scale=2):
-            grid = gr.Image(type="filepath", format="png", label="grid", interactive=False, elem_id="grid")
+            grid = gr.Image(type="filepath", format="png", label="grid", interactive=False, height=420,
+                            buttons=IMAGE_BUTTONS, elem_id="grid")  # fmt: skip
             timing = gr.Markdown(elem_id="timing")
             download = gr.DownloadButton("Download PNG", value=None, interactive=False, elem_id="download")
     nfe_inputs = [method, steps, cfg, lo, hi]
@@ -124,7 +126,8 @@ def _side(studio: Studio, name: str, method: str, steps: int):
         steps_ = gr.Number(value=steps, precision=0, label="steps", elem_id=f"steps-{name}")
         cfg = _guidance(studio, studio.info.cfg, elem_id=f"cfg-{name}")
         weights = _weights(studio, f"weights-{name}")
-        grid = gr.Image(type="filepath", format="png", label=name, interactive=False, elem_id=f"grid-{name}")
+        grid = gr.Image(type="filepath", format="png", label=name, interactive=False, height=300,
+                        buttons=IMAGE_BUTTONS, elem_id=f"grid-{name}")  # fmt: skip
         timing = gr.Markdown(elem_id=f"timing-{name}")
     return [method_, steps_, cfg, weights], [grid, timing]
 
@@ -159,8 +162,8 @@ def _run_tab(run_dir: Path) -> None:
         gap = functools.reduce(math.gcd, [b - a for a, b in zip(steps, steps[1:])], 0) or 1
         slider = gr.Slider(steps[0], steps[-1], value=steps[-1], step=gap, label="training step",
                            interactive=len(grids) > 1, elem_id="run-step")  # fmt: skip
-        preview = gr.Image(value=str(grids[-1][1]), type="filepath", label=f"step {steps[-1]}",
-                           interactive=False, elem_id="run-preview")  # fmt: skip
+        preview = gr.Image(value=str(grids[-1][1]), type="filepath", label=f"step {steps[-1]}", height=360,
+                           interactive=False, buttons=IMAGE_BUTTONS, elem_id="run-preview")  # fmt: skip
 
         @shown
         def pick(step):
@@ -193,7 +196,8 @@ def serve(studio: Studio, *, host: str = "127.0.0.1", port: int = 7860, share: b
           block: bool = True) -> gr.Blocks:  # fmt: skip
     """Start the page on ``host:port`` (a public link only with ``share``); blocks unless ``block=False``."""
     app = build_app(studio)
+    allowed = [studio.out_dir, *([studio.path / "samples"] if is_run_folder(studio.path) else [])]
     app.launch(server_name=host, server_port=port, share=share, inbrowser=False, show_error=True,
-               max_file_size=studio.limits.max_upload_bytes, allowed_paths=[str(studio.out_dir)],
-               prevent_thread_lock=not block)  # fmt: skip
+               max_file_size=studio.limits.max_upload_bytes, allowed_paths=[str(p) for p in allowed],
+               prevent_thread_lock=not block, quiet=True)  # fmt: skip
     return app
