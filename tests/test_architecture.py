@@ -1,6 +1,7 @@
 """The package's shape: layered imports without cycles, short files and functions, importable in any order."""
 
 import ast
+import importlib.util
 import random
 import subprocess
 import sys
@@ -24,31 +25,47 @@ ORDER = [
     # commands
     "generate", "sample_store", "sweep", "metrics", "classifier_net", "classifier_train", "classifier",
     "train_signals", "train_config", "train_flags", "train_optim", "graphed_step", "train_data", "train_state",
-    "train_log", "train_health", "train_preview", "train", "evaluate", "toy_report", "toy", "convert", "cli",
+    "train_log", "train_health", "train_preview", "train", "evaluate", "toy_report", "toy", "convert",
+    "studio.limits", "studio.runs", "studio.session", "studio.app", "studio.__init__", "studio_command", "cli",
     "__init__",
 ]  # fmt: skip
+SUBPACKAGES = ("studio",)  # their modules are named "package.module" in ORDER
+OPTIONAL = {"studio.app": "gradio"}  # modules that need an optional extra to import
 MAX_FILE_LINES = 450
 MAX_FUNCTION_LINES = 60
 
 
 def modules() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(PACKAGE.glob("*.py"))}
+    found = {p.stem: p for p in sorted(PACKAGE.glob("*.py"))}
+    for sub in SUBPACKAGES:
+        found.update({f"{sub}.{p.stem}": p for p in sorted((PACKAGE / sub).glob("*.py"))})
+    return found
+
+
+def _named(parts: list[str]) -> str:
+    """The ORDER name of ``jit_diffusion.<parts>``: ``studio.app`` for a sub-package's module."""
+    return ".".join(parts[:2]) if parts[0] in SUBPACKAGES and len(parts) > 1 else parts[0]
 
 
 def package_imports(path: Path) -> set[str]:
     """Modules of the package imported anywhere in ``path`` (top level or inside functions)."""
     found = set()
+    sub = [path.parent.name] if path.parent.name in SUBPACKAGES else []  # the file's package below the top
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:
-                found.add(node.module.split(".")[0])
-            elif node.level == 1:  # from . import x
-                found.update(alias.name for alias in node.names)
+            if node.level:  # relative: from the file's package (level 1) or the ones above it
+                parts = [*sub[: max(len(sub) - node.level + 1, 0)], *(node.module or "").split(".")]
             elif node.module and node.module.startswith("jit_diffusion"):
-                parts = node.module.split(".")
-                found.update([parts[1]] if len(parts) > 1 else [a.name for a in node.names])
+                parts = node.module.split(".")[1:]
+            else:
+                continue
+            parts = [p for p in parts if p]
+            if not parts or parts in ([s] for s in SUBPACKAGES):  # from . import x, from .studio import x
+                found.update(_named([*parts, alias.name]) for alias in node.names)
+            else:
+                found.add(_named(parts))
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("jit_diffusion."))
+            found.update(_named(a.name.split(".")[1:]) for a in node.names if a.name.startswith("jit_diffusion."))
     return found
 
 
@@ -71,11 +88,16 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     fake = tmp_path / "fileio.py"
     fake.write_text("def f():\n    from .train import Trainer\n")
     assert package_imports(fake) == {"train"}
+    inside = tmp_path / "studio" / "limits.py"
+    inside.parent.mkdir()
+    inside.write_text("from .app import serve\nfrom ..cli import main\nfrom jit_diffusion.studio import runs\n")
+    assert package_imports(inside) == {"studio.app", "cli", "studio.runs"}
 
 
 @pytest.mark.slow
 def test_every_module_imports_alone_in_any_order():
-    names = [n for n in ORDER if n != "__init__"]
+    names = [n.removesuffix(".__init__") for n in ORDER if n != "__init__"]
+    names = [n for n in names if n not in OPTIONAL or importlib.util.find_spec(OPTIONAL[n]) is not None]
     random.Random(0).shuffle(names)
     for order in (names, list(reversed(names))):
         code = "import importlib\n" + "".join(f"importlib.import_module('jit_diffusion.{n}')\n" for n in order)
