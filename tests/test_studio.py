@@ -132,7 +132,7 @@ def test_run_writes_the_grid_it_returns(studio):
     assert result.images.shape == (5, 16, 16, 3) and result.images.dtype == np.uint8
     assert result.images.std() > 5  # not blank
     grid = np.asarray(Image.open(result.grid).convert("RGB"))
-    expected = make_grid(result.images, nrow=5).repeat(4, axis=0).repeat(4, axis=1)  # 64 // 16 = 4x upscale
+    expected = make_grid(result.images, nrow=5).repeat(8, axis=0).repeat(8, axis=1)  # 128 // 16 = 8x upscale
     np.testing.assert_array_equal(grid, expected)
     assert result.summary().startswith("5 images in ") and result.summary().endswith("NFE 4")
 
@@ -305,7 +305,7 @@ def test_the_page_in_headless_chromium(run_dir, tmp_path):
         expect(page.locator("#timing")).to_contain_text("NFE 10")
         grid = shown_image(page, "#grid")
         expected = make_grid(np.zeros((8, size, size, 3), np.uint8), nrow=8).shape[:2]
-        assert grid.shape[:2] == tuple(n * max(1, 64 // size) for n in expected)
+        assert grid.shape[:2] == tuple(n * max(1, 128 // size) for n in expected)  # small images: >= 128 px
         assert grid.std() > 10 and len(np.unique(grid.reshape(-1, 3), axis=0)) > 50  # not blank
         if os.environ.get("STUDIO_SCREENSHOT"):
             page.screenshot(path=os.environ["STUDIO_SCREENSHOT"], full_page=True)
