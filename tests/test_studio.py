@@ -320,4 +320,56 @@ def test_the_page_in_headless_chromium(run_dir, tmp_path):
         page.get_by_role("button", name="Generate").click()
         expect(page.locator("#timing")).to_contain_text("2 images in", timeout=120_000)
         assert shown_image(page, "#grid").shape[1] < grid.shape[1]
+        # Compare: two settings on the same noise; Run: the run folder's latest preview grid and the loss
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare-count input").fill("2")
+        page.get_by_role("button", name="Compare", exact=True).click()
+        expect(page.locator("#timing-B")).to_contain_text("2 images in", timeout=120_000)
+        a, b = shown_image(page, "#grid-A"), shown_image(page, "#grid-B")
+        assert a.shape == b.shape and not np.array_equal(a, b)
+        if model == run_dir:
+            page.get_by_role("tab", name="Run").click()
+            assert shown_image(page, "#run-preview")[..., 0].max() == 180  # step 20's grid (red 180)
+            expect(page.locator("#run-loss")).to_be_visible()
         browser.close()
+
+
+@pytest.mark.slow
+def test_concurrent_requests_wait_their_turn_and_a_failure_does_not_stop_the_server(studio, monkeypatch):
+    pytest.importorskip("gradio", reason="needs the studio extra (pip install -e '.[studio]')")
+    from gradio_client import Client
+
+    from jit_diffusion.studio.app import serve
+
+    spans, real_run = [], studio.run
+
+    def slow_run(settings):  # records when each request runs; seed 13 fails as an unexpected error would
+        start = time.monotonic()
+        if settings.seed == 13:
+            raise RuntimeError("out of memory (simulated)")
+        time.sleep(1.0)
+        result = real_run(dataclasses.replace(settings, steps=1, count=1))
+        spans.append((start, time.monotonic()))
+        return result
+
+    monkeypatch.setattr(studio, "run", slow_run)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = serve(studio, port=port, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        args = dict(label_=0, weights_="ema1", cfg_=1.0, lo_=0.1, hi_=1.0, method_="euler", steps_=1, count_=1)
+        jobs = [client.submit(**args, seed_=seed, api_name="/generate") for seed in (1, 13, 2, 3)]
+        outcomes = []
+        for job in jobs:
+            try:
+                outcomes.append(job.result(timeout=120)[1])
+            except Exception as err:  # the client raises the page's error
+                outcomes.append(f"error: {err}")
+    finally:
+        app.close()
+    assert outcomes[1].startswith("error") and "RuntimeError: out of memory (simulated)" in outcomes[1]
+    assert [outcomes[i].split(" in ")[0] for i in (0, 2, 3)] == ["1 images"] * 3  # served after the failure
+    spans.sort()
+    assert len(spans) == 3 and all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))

@@ -115,7 +115,8 @@ def _generate_tab(studio: Studio) -> None:
                                      seed=seed_, count=count_, weights=weights_))  # fmt: skip
         return str(result.grid), result.summary(), gr.DownloadButton(value=str(result.grid), interactive=True)
 
-    button.click(run, [label, weights, cfg, lo, hi, method, steps, seed, count], [grid, timing, download])
+    button.click(run, [label, weights, cfg, lo, hi, method, steps, seed, count], [grid, timing, download],
+                 api_name="generate")  # fmt: skip
 
 
 def _side(studio: Studio, name: str, method: str, steps: int):
@@ -151,7 +152,7 @@ def _compare_tab(studio: Studio) -> None:
         ra, rb = studio.compare(a, b)
         return str(ra.grid), ra.summary(), str(rb.grid), rb.summary()
 
-    button.click(run, [label, seed, count, lo, hi, *a_in, *b_in], [*a_out, *b_out])
+    button.click(run, [label, seed, count, lo, hi, *a_in, *b_in], [*a_out, *b_out], api_name="compare")
 
 
 def _run_tab(run_dir: Path) -> None:
