@@ -337,6 +337,7 @@ def test_the_page_in_headless_chromium(run_dir, tmp_path):
 @pytest.mark.slow
 def test_concurrent_requests_wait_their_turn_and_a_failure_does_not_stop_the_server(studio, monkeypatch):
     pytest.importorskip("gradio", reason="needs the studio extra (pip install -e '.[studio]')")
+    import httpx
     from gradio_client import Client
 
     from jit_diffusion.studio.app import serve
@@ -367,6 +368,10 @@ def test_concurrent_requests_wait_their_turn_and_a_failure_does_not_stop_the_ser
                 outcomes.append(job.result(timeout=120)[1])
             except Exception as err:  # the client raises the page's error
                 outcomes.append(f"error: {err}")
+        upload = f"http://127.0.0.1:{port}/gradio_api/upload"  # the upload cap holds for any client
+        assert httpx.post(upload, files={"files": ("small.bin", b"0" * 1000)}).status_code == 200
+        big = {"files": ("big.bin", b"0" * (studio.limits.max_upload_bytes + 1))}
+        assert httpx.post(upload, files=big).status_code == 413
     finally:
         app.close()
     assert outcomes[1].startswith("error") and "RuntimeError: out of memory (simulated)" in outcomes[1]

@@ -180,7 +180,8 @@ def _run_tab(run_dir: Path) -> None:
 def build_app(studio: Studio) -> gr.Blocks:
     """The page for ``studio``, its queue set to one request at a time."""
     # analytics off: nothing leaves the machine unless --share
-    with gr.Blocks(title=f"jit studio: {studio.path.name}", analytics_enabled=False) as app:
+    # delete_cache: the page's copies of grids older than an hour go, checked every 10 minutes
+    with gr.Blocks(title=f"jit studio: {studio.path.name}", analytics_enabled=False, delete_cache=(600, 3600)) as app:
         gr.Markdown(_describe(studio))
         with gr.Tab("Generate"):
             _generate_tab(studio)

@@ -21,6 +21,7 @@ from ..sampling import METHODS, network_evaluations, sampling_times
 from .limits import Limits
 
 GRID_COLUMNS = 8  # images per grid row
+KEEP_GRIDS = 64  # the newest grids kept in out_dir (the page holds its own copies)
 TILE = 128  # small images are shown (and saved) upscaled to at least this many pixels, nearest-neighbour
 DEFAULT_STEPS = 50
 
@@ -121,6 +122,8 @@ class Studio:
         name = f"{next(self._numbers):04d}-{s.method}-{s.steps}.png"
         grid = save_grid(images, self.out_dir / name, nrow=min(s.count, GRID_COLUMNS),
                          upscale=max(1, TILE // self.info.image_size))  # fmt: skip
+        for old in sorted(self.out_dir.glob("*.png"))[:-KEEP_GRIDS]:
+            old.unlink(missing_ok=True)
         return Result(images=images, grid=grid, seconds=seconds, nfe=counted[0].calls)
 
     def compare(self, a: Settings, b: Settings) -> tuple[Result, Result]:
