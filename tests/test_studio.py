@@ -137,6 +137,17 @@ def test_run_writes_the_grid_it_returns(studio):
     assert result.summary().startswith("5 images in ") and result.summary().endswith("NFE 4")
 
 
+def test_an_unconditional_export_has_no_classes_and_no_guidance(tmp_path):
+    from jit_diffusion.pretrained import save_pretrained
+
+    export = save_pretrained(lively_jit(preset_config("JiT-Ti/4", input_size=8, num_classes=0)), tmp_path / "exp")
+    studio = Studio(export, device="cpu", out_dir=tmp_path / "grids")
+    assert studio.class_names == [] and studio.weight_names == ["ema1"] and studio.defaults().cfg == 1.0
+    guided, plain = (studio.run(Settings(cfg=cfg, steps=3, count=2, method="euler")) for cfg in (5.0, 1.0))
+    np.testing.assert_array_equal(guided.images, plain.images)  # the weight is ignored: nothing to guide
+    assert studio.nfe("heun", 5, 4.0, (0.1, 1.0)) == 9
+
+
 def test_compare_uses_the_same_noise(studio):
     a = Settings(label=0, cfg=2.0, method="heun", steps=6, seed=5, count=2)
     same, again = studio.compare(a, a)
