@@ -301,6 +301,8 @@ def test_the_page_in_headless_chromium(run_dir, tmp_path):
     with studio_server(model, tmp_path / "studio.log", "--max-images", "16") as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 940})
+        outside = []  # the page asks nothing of any other host (no fonts, scripts or analytics)
+        page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:")) else outside.append(r.url))
         page.goto(url)
         assert picked(page, "class", name) == name
         # the NFE follows the solver and the steps (README: heun 2N - 1, dpm++2m N)
@@ -343,6 +345,7 @@ def test_the_page_in_headless_chromium(run_dir, tmp_path):
             assert shown_image(page, "#run-preview")[..., 0].max() == 180  # step 20's grid (red 180)
             expect(page.locator("#run-loss")).to_be_visible()
         browser.close()
+    assert outside == []
 
 
 @pytest.mark.slow
