@@ -160,7 +160,7 @@ def test_compare_uses_the_same_noise(studio):
 
 def test_requests_over_the_caps_fail_before_any_work(studio):
     before = set(studio.out_dir.iterdir())
-    for bad in (Settings(count=7), Settings(steps=13), Settings(label=3), Settings(method="rk4"),
+    for bad in (Settings(count=7), Settings(steps=13), Settings(label=3), Settings(label=None), Settings(method="rk4"),
                 Settings(interval=(0.8, 0.2)), Settings(weights="ema9")):  # fmt: skip
         with pytest.raises((UserError, ValueError)):
             studio.run(bad)

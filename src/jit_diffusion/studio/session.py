@@ -90,6 +90,8 @@ class Studio:
         if settings.method not in METHODS:
             raise UserError(f"solver must be one of {', '.join(METHODS)}, got {settings.method!r}")
         lo, hi = parse_interval(f"{float(settings.interval[0])},{float(settings.interval[1])}")
+        if self.info.num_classes and settings.label is None:
+            raise UserError("pick a class")
         label = int(settings.label or 0)
         if self.info.num_classes and not 0 <= label < self.info.num_classes:
             raise UserError(f"class {label} is out of range 0..{self.info.num_classes - 1}")
