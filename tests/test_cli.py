@@ -1,8 +1,12 @@
 """The ``jit`` entry point: help for every subcommand and flag, one-line errors, ``jit presets``."""
 
 import argparse
+import os
+import subprocess
+import sys
 
 import pytest
+import torch
 
 from jit_diffusion import cli
 from jit_diffusion.cli import build_parser, main, one_line
@@ -119,3 +123,42 @@ def test_presets_table(capsys):
     assert params["JiT-H/16"] == pytest.approx(953, rel=0.01)
     assert params["JiT-G/16"] == pytest.approx(2000, rel=0.01)
     assert rows["JiT-B/16"][1:7] == ["256", "12", "768", "12", "128", "32/4"]
+
+
+def _jit_env(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jit_diffusion.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env}, timeout=300)  # fmt: skip
+
+
+def test_jit_triton_in_any_case_and_a_bad_value_as_one_line():
+    """JIT_TRITON is read case-insensitively; a bad value is a one-line error when a command runs, not a
+    traceback at import (which broke every command)."""
+    code = "from jit_diffusion import kernels; print(kernels.get_mode())"
+    for value in ("OFF", " Off", "on", "AUTO"):
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "JIT_TRITON": value})  # fmt: skip
+        assert res.returncode == 0 and res.stdout.strip() == value.strip().lower(), res.stderr
+    assert _jit_env({"JIT_TRITON": "OFF"}, "presets").returncode == 0
+    bad = _jit_env({"JIT_TRITON": "fast"}, "presets")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr == "jit presets: error: JIT_TRITON must be one of auto, on, off (any case), got 'fast'\n"
+
+
+def test_a_device_this_machine_lacks_is_one_line(tmp_path, capsys):
+    device, expected = ("cuda:99", "this machine has") if torch.cuda.is_available() else ("cuda", "no CUDA GPU")
+    for argv in (["sample", str(tmp_path / "missing"), "--grid", str(tmp_path / "g.png")],
+                 ["train", "--out", str(tmp_path / "run"), "--steps", "1"]):  # fmt: skip
+        assert main([*argv, "--device", device]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"jit {argv[0]}: error: --device {device}: {expected}") and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_interval_gets_our_message(tmp_path, capsys):
+    for text, message in [("abc", "expects two comma-separated numbers like 0.1,1.0, got 'abc'"),
+                          ("0.9,0.1", "must satisfy 0 <= min <= max <= 1, got 0.9,0.1")]:  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            main(["sample", str(tmp_path), "--grid", str(tmp_path / "g.png"), "--interval", text])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err == f"jit sample: error: argument --interval: {message}"

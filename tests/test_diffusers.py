@@ -19,6 +19,7 @@ from jit_diffusion.generate import parse_classes
 from jit_diffusion.loading import load_model, open_source
 from jit_diffusion.official import official_model
 from jit_diffusion.pretrained import config_shapes, save_pretrained
+from jit_diffusion.solvers import METHODS
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
@@ -280,6 +281,41 @@ def test_class_names_from_id2label_or_a_labels_folder(golden, tmp_path):
     (root / "labels" / "id2label_en.json").write_text(json.dumps({"0": "tench"}))
     with pytest.raises(ValueError, match="id2label names 1 classes, the model has 10"):
         open_source(root)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_solver_loads_back_from_a_diffusers_export(golden, tmp_path, method):
+    """A run trained with any --sample-method exports to a diffusers folder that loads with that solver."""
+    info = ModelInfo.create(golden.model_config, method=method)
+    ours = save_pretrained(golden.model(), tmp_path / "ours", info)
+    out = tmp_path / "diffusers"
+    assert main(["convert", str(ours), str(out), "--format", "diffusers-b0"]) == 0
+    assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["solver"] == method
+    assert load_model(out)[1].method == method
+    (out / "jit_diffusion.json").unlink()  # the scheduler's solver alone
+    assert load_model(out)[1].method == method
+
+
+def test_a_foreign_solver_is_refused_naming_every_known_one(golden, tmp_path):
+    root = pipeline(tmp_path, golden, {}, {"_class_name": "JiTScheduler", "t_eps": 0.05, "solver": "ddim"})
+    with pytest.raises(ValueError, match=f"solver 'ddim' is not one of {re.escape(', '.join(METHODS))}"):
+        load_model(root)
+
+
+def test_a_whole_class_name_with_commas_is_one_class():
+    """The full name, as the unknown-class message lists it, is that class once (not its synonyms twice);
+    a whole name wins over its parts; several classes of one name are an error."""
+    names = [*IMAGENET_STYLE[:6], "maillot", "maillot, tank suit", "c8", "c9"]
+    assert parse_classes("tabby, tabby cat", names, 10) == [3]
+    assert parse_classes("Tabby,tabby cat , egyptian cat,tench, Tinca tinca", names, 10) == [3, 4, 0]
+    assert parse_classes("maillot, tank suit", names, 10) == [7]
+    assert parse_classes("maillot,c9", names, 10) == [6, 9]
+    assert parse_classes("tabby,tabby", names, 10) == [3, 3]
+    with pytest.raises(ValueError, match=r"'crane' names classes \[2, 5\]; give the index instead"):
+        parse_classes("tabby, tabby cat, crane", names, 10)
+    twins = ["a, b", "A,B", "c"]
+    with pytest.raises(ValueError, match=r"'a, b' names classes \[0, 1\]"):
+        parse_classes("a, b", twins, 3)
 
 
 def test_export_refuses_what_the_diffusers_classes_cannot_hold(golden, tmp_path):

@@ -4,6 +4,7 @@ generation, sweeps and the fail-fast checks of ``jit eval``."""
 import csv
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from unittest import mock
 
@@ -15,14 +16,14 @@ from conftest import lively_jit
 from PIL import Image
 
 from jit_diffusion import loading, metrics, sample_store
-from jit_diffusion.checkpoint import save_checkpoint
+from jit_diffusion.checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint
 from jit_diffusion.classifier import ClassifierConfig, SmallCNN, save_classifier
 from jit_diffusion.cli import main
 from jit_diffusion.frechet import StatsAccumulator, feature_stats, frechet_distance
 from jit_diffusion.loading import open_source
 from jit_diffusion.metrics import InceptionFeatures, UInt8Images, inception_scores
 from jit_diffusion.model import JiTConfig
-from jit_diffusion.sample_store import generate_chunks, sample_labels
+from jit_diffusion.sample_store import generate_chunks, sample_labels, weights_digest
 
 # ---------------------------------------------------------------------------------------------
 # Fréchet distance
@@ -289,6 +290,49 @@ def test_resume_with_other_settings_is_refused(tiny_run, tmp_path, capsys):
     assert _eval(tiny_run, out, "--num", "4", "--metrics", "none") == 0
     assert main(["eval", str(tiny_run), "--out", str(out), "--steps", "3", "--num", "4", "--metrics", "none"]) == 2
     assert "other settings (steps)" in capsys.readouterr().err
+
+
+def test_resume_with_another_models_samples_is_refused(tiny_run, tmp_path, capsys):
+    """The chunks record the weights' sha256: another run (or a newer checkpoint) with the same settings is
+    refused in one line instead of being scored with the first model's images; the same weights under
+    another path resume."""
+    ckpt = read_checkpoint(latest_checkpoint(tiny_run))
+    ckpt["model"] = {k: v + 0.01 for k, v in ckpt["model"].items()}
+    other = tmp_path / "other"
+    save_checkpoint(ckpt, other, 10)
+    out = tmp_path / "ev"
+    flags = ["--num", "2", "--steps", "1", "--cfg", "1", "--method", "dpm++2m", "--metrics", "none", "--ema", "raw"]
+    assert _eval(tiny_run, out, *flags) == 0
+    settings = out / "raw-cfg1" / "samples" / "settings.json"
+    before = settings.read_text()
+    capsys.readouterr()
+    assert _eval(other, out, *flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "raw-cfg1/samples holds samples of another model (" in err
+    assert err.endswith("): pass another --out or remove it") and str(other.resolve()) in err
+    assert settings.read_text() == before
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_run, moved)
+    assert _eval(moved, out, *flags) == 0
+    record = json.loads((out / "raw-cfg1" / "metrics.json").read_text())
+    model, _ = open_source(tiny_run).load("raw")
+    assert record["chunks_generated"] == 0 and record["sampling"]["step"] == 10
+    assert record["sampling"]["weights_sha256"] == weights_digest(model.state_dict())
+    assert record["sampling"]["model"] == str((moved / "checkpoints" / "step_00000010.pt").resolve())
+    old = {k: v for k, v in json.loads(before).items() if k != "weights_sha256"}  # an older version's folder
+    settings.write_text(json.dumps(old))
+    assert _eval(tiny_run, out, *flags) == 2
+    assert "holds samples of another model" in capsys.readouterr().err
+
+
+def test_weights_digest_sees_every_byte_name_and_dtype():
+    state = {"a": torch.arange(6.0).view(2, 3), "b": torch.zeros(2, dtype=torch.bfloat16)}
+    digest = weights_digest(state)
+    assert digest == weights_digest({k: v.clone() for k, v in reversed(state.items())})
+    changed = {**state, "b": torch.tensor([0.0, 2**-8], dtype=torch.bfloat16)}
+    assert len({digest, weights_digest(changed), weights_digest({"a": state["a"], "c": state["b"]}),
+                weights_digest({**state, "a": state["a"].double()}),
+                weights_digest({**state, "a": state["a"].view(3, 2)})}) == 5  # fmt: skip
 
 
 def test_rank_sharding_matches_one_process(tiny_run, tmp_path):

@@ -1,5 +1,6 @@
 """Trainer tests: exact resume after SIGKILL, multi-process equivalence, errors, NaN, atomic checkpoints."""
 
+import json
 import os
 import signal
 import subprocess
@@ -261,3 +262,30 @@ def test_worker_errors_print_as_one_line():
                                      "jit_diffusion.data.CorruptImageError: cannot decode image /d/a.png: bad\n")
     assert one_line(worker_style) == "cannot decode image /d/a.png: bad"
     assert one_line(ValueError("plain message")) == "plain message"
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path, image_folder, capsys):
+    """Training again into a run folder without --resume changes nothing and says so in one line;
+    --overwrite starts afresh, removing the old run's files and only those."""
+    run = tmp_path / "run"
+    common = [*TINY, "--data", str(image_folder), "--out", str(run)]
+    assert cli.main(["train", *common, "--steps", "6", "--ckpt-every", "2", "--seed", "1", "--sample-every", "6",
+                     "--sample-steps", "1", "--sample-per-class", "1"]) == 0  # fmt: skip
+    (run / "notes.txt").write_text("mine")
+    (run / "checkpoints" / "keep.txt").write_text("also mine")
+    files = lambda: {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}  # noqa: E731
+    before = files()
+    second = ["--steps", "3", "--ckpt-every", "1", "--keep-last", "2", "--seed", "2"]
+    capsys.readouterr()
+    assert cli.main(["train", *common, *second]) == 2
+    message = f"{run} holds a run: pass --resume or another --out (or --overwrite)"
+    assert capsys.readouterr().err == f"jit train: error: {message}\n"
+    assert files() == before
+    assert cli.main(["train", *common, *second, "--resume", "--overwrite"]) == 2
+    assert "not both" in capsys.readouterr().err and files() == before
+    assert cli.main(["train", *common, *second, "--overwrite"]) == 0
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000002.pt", "step_00000003.pt"]
+    assert read_checkpoint(latest_checkpoint(run))["config"]["seed"] == 2
+    assert json.loads((run / "config.json").read_text())["seed"] == 2
+    assert len(list((run / "tb").iterdir())) == 1 and not (run / "samples").exists()  # the old run's are gone
+    assert (run / "notes.txt").read_text() == "mine" and (run / "checkpoints" / "keep.txt").exists()

@@ -10,6 +10,7 @@ import torch
 
 from jit_diffusion import rng
 from jit_diffusion.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint, save_checkpoint
+from jit_diffusion.errors import UserError
 from jit_diffusion.flow import FlowMatching
 from jit_diffusion.train import Trainer
 from jit_diffusion.train_config import TrainConfig, compiles
@@ -221,3 +222,49 @@ def test_preview_grid_is_written(tmp_path):
 
     assert path.name == "step_00000000.png"
     assert Image.open(path).size == ((2 * 18 + 2) * 4, (3 * 18 + 2) * 4)  # 2 per row, 3 rows, x4 upscale
+
+
+# --- start-up checks of flags ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(sample_interval=[0.5]), "--sample-interval expects two numbers min,max like 0.1,1.0, got [0.5]"),
+    (dict(sample_interval=[0.9, 0.1]), "--sample-interval must satisfy 0 <= min <= max <= 1, got 0.9,0.1"),
+    (dict(sample_steps=0), "--sample-steps must be an integer >= 1, got 0"),
+    (dict(sample_per_class=0), "--sample-per-class must be an integer >= 1, got 0"),
+    (dict(sample_method="dpm++2m", sample_steps=2, t_eps=0.0), "--t-eps must satisfy 0 < t_eps < 1"),
+    (dict(t_eps=1.0), "--t-eps must satisfy 0 < t_eps < 1"),
+    (dict(ckpt_every=-1), "--ckpt-every must be an integer >= 0, got -1"),
+    (dict(log_every=0), "--log-every must be an integer >= 1, got 0"),
+    (dict(grad_accum=0), "--grad-accum must be an integer >= 1, got 0"),
+    (dict(batch_size=0), "--batch-size must be an integer >= 1, got 0"),
+    (dict(keep_last=-1), "--keep-last must be an integer >= 0, got -1"),
+    (dict(sample_every=-5), "--sample-every must be an integer >= 0, got -5"),
+    (dict(steps=0), "--steps must be an integer >= 1, got 0"),
+    (dict(num_workers=-1), "--num-workers must be an integer >= 0, got -1"),
+    (dict(steps=None, epochs=0.0), "--epochs must be > 0, got 0"),
+    (dict(max_minutes=-1.0), "--max-minutes must be > 0, got -1"),
+])  # fmt: skip
+def test_bad_flags_are_one_line_errors_before_any_step(tmp_path, overrides, message):
+    """Flags that used to fail at the first preview grid or after the first step (a ZeroDivisionError, an
+    unpacking error) are refused when the trainer is built, before anything is written."""
+    cfg = tiny_config(tmp_path, **overrides)
+    with pytest.raises(UserError) as err:
+        Trainer(cfg, dataset=TinyImages())
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text,message", [("0.5", "expects two comma-separated numbers like 0.1,1.0, got '0.5'"),
+                                          ("0.9,0.1", "must satisfy 0 <= min <= max <= 1, got 0.9,0.1")])  # fmt: skip
+def test_sample_interval_flag_uses_the_sample_parser(text, message, capsys):
+    """--sample-interval goes through jit sample's --interval parser: its message, not argparse's."""
+    with pytest.raises(SystemExit):
+        _parse("--sample-interval", text)
+    assert f"argument --sample-interval: {message}" in capsys.readouterr().err
+    assert _parse("--sample-interval", "0,0.75").sample_interval == (0.0, 0.75)
+
+
+def test_ckpt_every_zero_saves_only_at_the_end(tmp_path):
+    Trainer(tiny_config(tmp_path, ckpt_every=0, log_every=1, steps=3), dataset=TinyImages()).run()
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_00000003.pt"]

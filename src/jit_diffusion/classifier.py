@@ -44,6 +44,7 @@ from .classifier_train import (
     train_classifier,
 )
 from .device import resolve_device
+from .errors import at_least
 from .fileio import atomic_write_bytes
 from .frechet import feature_stats, frechet_distance
 
@@ -200,13 +201,13 @@ def add_cli(sub) -> None:
 
     t = actions.add_parser("train", help="train (or show the cached) classifier for a dataset and image size")
     t.add_argument("--data", default="emoji", help="'emoji' (default) or a class-folder dataset")
-    t.add_argument("--img-size", type=int, required=True, help="image side in pixels")
+    t.add_argument("--img-size", type=at_least(1), required=True, help="image side in pixels")
     t.add_argument("--out", default=None, help="classifier folder (default: the cache, $JIT_CACHE_DIR/classifiers/)")
-    t.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
-    t.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    t.add_argument("--epochs", type=at_least(1), default=30, help="training epochs (default 30)")
+    t.add_argument("--batch-size", type=at_least(1), default=32, help="batch size (default 32)")
     t.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default 2e-3)")
     t.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    t.add_argument("--threads", type=int, default=1,
+    t.add_argument("--threads", type=at_least(1), default=1,
                    help="CPU threads (default 1); the weights are bitwise reproducible for a fixed count")  # fmt: skip
     t.add_argument("--device", default="cpu", help="cpu (default, reproducible), cuda, auto")
     t.add_argument("--force", action="store_true", help="retrain even if the classifier is cached")
@@ -216,7 +217,7 @@ def add_cli(sub) -> None:
     s.add_argument("--npz", default=None, help="samples .npz: arr_0 uint8 (N,H,W,3), labels in 'labels' or arr_1")
     s.add_argument("--split", default=None, help="score real images of this split of --data instead (e.g. heldout)")
     s.add_argument("--data", default="emoji", help="dataset of the classifier and reference (default emoji)")
-    s.add_argument("--img-size", type=int, default=64, help="image size for --split (default 64)")
+    s.add_argument("--img-size", type=at_least(1), default=64, help="image size for --split (default 64)")
     s.add_argument("--classifier", default=None, help="classifier folder (default: cached/trained for --data)")
     s.add_argument("--ref-split", default="train", choices=REFERENCE_SPLITS,
                    help="real images the FD is measured against (default train)")  # fmt: skip

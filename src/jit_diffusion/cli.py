@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     show_info_lines()
     try:
+        from .kernels import check_mode
+
+        check_mode()  # a bad JIT_TRITON: one line before any work
         result = args.func(args)
     except (UserError, ValueError, FileNotFoundError) as err:
         if os.environ.get("JIT_DEBUG"):

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import Dataset
 
 from .data_cache import CACHE_FORMAT, CACHE_VERSION, CachedDataset, build_cache, is_cache_dir, write_cache
+from .errors import at_least
 from .image_folder import (
     IMAGE_EXTENSIONS,
     CorruptImageError,
@@ -171,7 +172,7 @@ def add_cli(subparsers) -> None:
 
     def common(p: argparse.ArgumentParser, default_size: int | None) -> None:
         p.add_argument(
-            "--img-size", type=int, default=default_size, required=default_size is None,
+            "--img-size", type=at_least(1), default=default_size, required=default_size is None,
             help="image side in pixels" + (f" (default {default_size})" if default_size else ""),
         )  # fmt: skip
         p.add_argument(
@@ -181,7 +182,7 @@ def add_cli(subparsers) -> None:
 
     def grid_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--grid", metavar="PNG", help="also write a grid image with one row per class")
-        p.add_argument("--per-class", type=int, default=8, help="images per row of the grid (default 8)")
+        p.add_argument("--per-class", type=at_least(1), default=8, help="images per row of the grid (default 8)")
         p.add_argument("--cache-dir", help="where cached data lives (default $JIT_CACHE_DIR or ~/.cache/jit-diffusion)")
 
     p = actions.add_parser("emoji", help="build (once) and describe the built-in emoji dataset")
@@ -202,7 +203,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--out", required=True, help="cache folder to create (images.npy, labels.npy, meta.json)")
     p.add_argument(
         "--num-workers",
-        type=int,
+        type=at_least(0),
         default=min(8, os.cpu_count() or 1),
         help="decoding processes (default: up to 8, one per CPU)",
     )
@@ -211,6 +212,6 @@ def add_cli(subparsers) -> None:
 
     p = actions.add_parser("check", help="decode every image of a folder and list those that fail (exit code 1)")
     p.add_argument("folder", help="an image folder (class subfolders, or flat)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+    p.add_argument("--workers", type=at_least(0), default=min(8, os.cpu_count() or 1),
                    help="decoding processes (default: up to 8, one per CPU)")  # fmt: skip
     p.set_defaults(func=_cmd_check)

@@ -10,7 +10,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` -> cuda if available, else mps, else cpu; any other name or device as given."""
+    """``auto`` -> cuda if available, else mps, else cpu; any other name as given, when this machine has
+    it (a one-line ValueError otherwise); a ``torch.device`` as given."""
     if isinstance(device, torch.device):
         return device
     if device in (None, "auto"):
@@ -20,9 +21,24 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"--device: unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from err
+    _check_available(resolved, device)
+    return resolved
+
+
+def _check_available(device: torch.device, name: str) -> None:
+    """A one-line error for a CUDA/MPS device this machine does not have (instead of a driver traceback)."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            built = "" if torch.version.cuda else " (this PyTorch is built without CUDA)"
+            raise ValueError(f"--device {name}: no CUDA GPU is available{built}; use --device cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {name}: MPS is not available here; use --device cpu or auto")
 
 
 def with_index(device: str | torch.device) -> torch.device:

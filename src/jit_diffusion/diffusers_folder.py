@@ -41,6 +41,7 @@ from .pretrained import (
     settings_blocks,
     unwrap,
 )
+from .solvers import METHODS
 
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 INDEX_FILE = WEIGHTS_FILE + ".index.json"
@@ -259,8 +260,8 @@ def read_settings(root: Path, config: JiTConfig) -> dict[str, Any]:
     settings = {k: fallbacks.get(k) if v is None else v for k, v in recorded_settings(ours).items()}
     settings.update(weights=ours.get("weights"), step=ours.get("step"),
                     class_names=_class_names(root, index, config.num_classes))  # fmt: skip
-    if settings["method"] not in (None, "heun", "euler"):
-        raise ValueError(f"{root}: solver {settings['method']!r} is not one of heun, euler")
+    if settings["method"] not in (None, *METHODS):  # every solver we write loads back
+        raise ValueError(f"{root}: solver {settings['method']!r} is not one of {', '.join(METHODS)}")
     return {k: v for k, v in settings.items() if v is not None}
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -22,6 +22,7 @@ import torch
 
 from .device import resolve_device
 from .distributed import barrier, cleanup, init_distributed
+from .errors import at_least
 from .fileio import save_json
 from .frechet import StatsAccumulator, feature_stats, frechet_distance
 from .generate import add_sampling_args, compile_for_sampling
@@ -42,7 +43,14 @@ from .metrics import (
     reference_source,
     save_stats,
 )
-from .sample_store import check_resume, generate_chunks, iter_chunks, sample_labels, write_adm_npz
+from .sample_store import (
+    check_resume,
+    generate_chunks,
+    iter_chunks,
+    sample_labels,
+    weights_digest,
+    write_adm_npz,
+)
 from .sampling import METHODS, network_evaluations, resolve_grid, sampling_times
 from .sweep import Setting, format_value, parse_list, sweep_settings, write_sweep
 
@@ -61,8 +69,9 @@ class EvalPlan:
     labels: np.ndarray  # (num,) class of each image
     interval: tuple[float, float]
     data: str | None  # the model's dataset spec (classifier metrics, default Inception reference)
-    source: str  # the model file, recorded with the samples
+    source: str  # the model file (resolved), recorded with the samples
     out_dir: Path
+    weights: dict[str, dict] = field(default_factory=dict)  # per weight set: step, weights_sha256 (_generate)
 
     @property
     def num(self) -> int:
@@ -131,8 +140,11 @@ def _plan(args, metrics: list[str], axes: SweepAxes, emas: list[str], models: So
         print("unconditional model: class accuracy does not apply, skipping acc")
     interval = tuple(args.interval) if args.interval is not None else tuple(info.cfg_interval)
     settings = sweep_settings(emas, cfgs, axes.methods or [info.method], axes.steps)
-    return EvalPlan(metrics, settings, sample_labels(num, info.num_classes), interval, data, str(models.file),
-                    Path(args.out))  # fmt: skip
+    for setting in settings:  # the grid's checks (the model's t_eps, --shift) before anything is generated
+        sampling_times(setting.method, setting.steps, grid=args.time_grid, shift=args.shift, cfg=setting.cfg,
+                       cfg_interval=interval, t_eps=info.t_eps)  # fmt: skip
+    return EvalPlan(metrics, settings, sample_labels(num, info.num_classes), interval, data,
+                    str(Path(models.file).resolve()), Path(args.out))  # fmt: skip
 
 
 class SweepAxes(NamedTuple):
@@ -159,10 +171,11 @@ def _sweep_axes(args: argparse.Namespace) -> SweepAxes:
 
 
 def _sampling_record(args, info, setting: Setting, plan: EvalPlan) -> dict:
-    """Everything that determines a setting's images; a resumed run must match it (the time grid and the
-    final step are named only when they differ from the public sampler's, so older folders still resume)."""
+    """Everything that determines a setting's images, the weights' sha256 first (a resumed run must match
+    it; the time grid and the final step are named only when they differ from the public sampler's)."""
     record = {
-        "model": plan.source, "weights": setting.ema, "cfg": setting.cfg, "cfg_interval": list(plan.interval),
+        "model": plan.source, **plan.weights[setting.ema], "weights": setting.ema, "cfg": setting.cfg,
+        "cfg_interval": list(plan.interval),
         "steps": setting.steps, "method": setting.method, "seed": args.seed, "num": plan.num,
         "chunk_size": args.chunk_size, "image_size": info.image_size, "num_classes": info.num_classes,
         "prediction": info.prediction, "noise_scale": info.noise_scale, "t_eps": info.t_eps,
@@ -181,6 +194,7 @@ def _generate(args, plan: EvalPlan, models: Source, dist_info) -> dict[str, dict
     done = {}
     for ema in dict.fromkeys(s.ema for s in plan.settings):
         model, info = models.load(ema, dist_info.device)  # another weight set of the same file: swapped in memory
+        plan.weights[ema] = {"step": info.step, "weights_sha256": weights_digest(model.state_dict())}
         compile_for_sampling(model, dist_info.device, args.compile)
         for setting in [s for s in plan.settings if s.ema == ema]:
             samples_dir = plan.out_dir / setting.name / "samples"
@@ -314,7 +328,7 @@ def add_cli(sub) -> None:
     p.add_argument("--num", "--num-images", dest="num", type=int, default=None,
                    help="images per setting, class of image i = i %% num_classes (under torchrun spell it "
                         "--num-images: torchrun takes --num for its own --numa-binding)")  # fmt: skip
-    p.add_argument("--per-class", type=int, default=None, help="images per class (N = K x num_classes)")
+    p.add_argument("--per-class", type=at_least(1), default=None, help="images per class (N = K x num_classes)")
     p.add_argument("--out", required=True, help="output folder (rerunning the same command resumes)")
     p.add_argument("--cfg", default=None, help="guidance weight(s), comma list for a sweep (default: the model's)")
     p.add_argument("--ema", default=None,
@@ -332,9 +346,9 @@ def add_cli(sub) -> None:
     p.add_argument("--classifier-ref-split", default="train", choices=("train", "heldout", "all"),
                    help="real images FD-emoji compares against (default train)")  # fmt: skip
     p.add_argument("--adm-npz", action="store_true", help="also write all samples as one .npz (arr_0) per setting")
-    p.add_argument("--chunk-size", type=int, default=500, help="images per resumable chunk (default 500)")
-    p.add_argument("--metric-batch-size", type=int, default=64, help="images per Inception batch (default 64)")
-    p.add_argument("--num-workers", type=int, default=0, help="data-loading workers for reference images")
+    p.add_argument("--chunk-size", type=at_least(1), default=500, help="images per resumable chunk (default 500)")
+    p.add_argument("--metric-batch-size", type=at_least(1), default=64, help="images per Inception batch (default 64)")
+    p.add_argument("--num-workers", type=at_least(0), default=0, help="data-loading workers for reference images")
     add_sampling_args(p, sweep=True)
     p.set_defaults(func=run_eval)
 
@@ -342,13 +356,13 @@ def add_cli(sub) -> None:
                        description="Reference statistics for FID: 2048-d Inception pool features of a dataset, "
                                    "preprocessed exactly like training data (ADM centre crop).")  # fmt: skip
     s.add_argument("source", help="an image folder, a dataset cache, or 'emoji'")
-    s.add_argument("--img-size", type=int, required=True, help="image size the model generates")
+    s.add_argument("--img-size", type=at_least(1), required=True, help="image size the model generates")
     s.add_argument("--out", required=True, help="statistics file to write (.npz)")
     s.add_argument("--split", default="train", help="dataset split (default train)")
     s.add_argument("--inception-weights", default=None, help="Inception weights file (default: torch-fidelity's cache)")
     s.add_argument("--with-features", action="store_true", help="also store the features (for precision/recall)")
-    s.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
-    s.add_argument("--num-workers", type=int, default=0, help="data-loading workers")
+    s.add_argument("--batch-size", type=at_least(1), default=64, help="images per batch (default 64)")
+    s.add_argument("--num-workers", type=at_least(0), default=0, help="data-loading workers")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda")
     s.set_defaults(func=run_fid_stats)
 

@@ -4,19 +4,22 @@ and the ``jit sample`` command."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .device import PRECISIONS, autocast_context, check_precision, resolve_device
-from .images import make_grid, save_grid, save_npz, save_png_folder, to_uint8
+from .errors import at_least
+from .images import make_grid, npz_path, save_grid, save_npz, save_png_folder, to_uint8
 from .loading import load_model
-from .sampling import FINALS, GRIDS, METHODS, image_noise, sample
+from .sampling import FINALS, GRIDS, METHODS, check_interval, image_noise, sample, sampling_times
 
-__all__ = ["add_sampling_args", "autocast_context", "generate", "image_noise", "make_grid", "parse_classes",
-           "parse_interval", "resolve_device", "save_grid", "save_npz", "save_png_folder", "to_uint8"]
+__all__ = ["add_sampling_args", "autocast_context", "generate", "image_noise", "interval_arg", "make_grid",
+           "parse_classes", "parse_interval", "resolve_device", "save_grid", "save_npz", "save_png_folder",
+           "to_uint8"]  # fmt: skip
 
 
 @torch.no_grad()
@@ -77,36 +80,74 @@ def _class_by_name(item: str, class_names: Sequence[str], num_classes: int) -> i
     return hits[0]
 
 
+def _whole_name(items: list[str], class_names: Sequence[str]) -> tuple[int, int] | None:
+    """(class, items used) of the longest run of 2+ ``items`` that together spell a class name containing
+    commas ("tabby, tabby cat"), ignoring case and the spaces around commas; None when none does."""
+    spelled = {}
+    for i, name in enumerate(class_names):
+        spelled.setdefault(_normalized(name.split(",")), []).append(i)
+    longest = max((name.count(",") + 1 for name in class_names), default=1)
+    for used in range(min(longest, len(items)), 1, -1):
+        hits = spelled.get(_normalized(items[:used]), [])
+        if len(hits) > 1:
+            raise ValueError(f"--classes: {', '.join(items[:used])!r} names classes {hits}; give the index instead")
+        if hits:
+            return hits[0], used
+    return None
+
+
+def _normalized(parts: Sequence[str]) -> str:
+    return ", ".join(p.strip() for p in parts).casefold()
+
+
 def parse_classes(spec: str | None, class_names: Sequence[str], num_classes: int) -> list[int]:
     """``None``/``all`` -> every class; otherwise a comma list of indices, class names, or one of the
     comma-separated synonyms of a class name (``golden retriever`` for "golden retriever", ``tabby`` for
-    "tabby, tabby cat")."""
+    "tabby, tabby cat"). A whole name wins over its parts: ``tabby, tabby cat`` is that one class."""
     if num_classes == 0:
         return [0]
     if spec in (None, "", "all"):
         return list(range(num_classes))
+    items = [item.strip() for item in spec.split(",")]
     out = []
-    for item in spec.split(","):
-        item = item.strip()
-        if item.lstrip("-").isdigit():
-            k = int(item)
+    while items:
+        item = items[0]
+        whole = None if item.lstrip("-").isdigit() else _whole_name(items, class_names)
+        if whole is not None:
+            k, used = whole
         else:
-            k = _class_by_name(item, class_names, num_classes)
+            k = int(item) if item.lstrip("-").isdigit() else _class_by_name(item, class_names, num_classes)
+            used = 1
         if not 0 <= k < num_classes:
             raise ValueError(f"--classes: class index {k} is out of range 0..{num_classes - 1}")
         out.append(k)
+        items = items[used:]
     return out
 
 
-def parse_interval(text: str) -> tuple[float, float]:
-    """``"0.1,1.0"`` -> (0.1, 1.0)."""
+def parse_interval(text: str, flag: str = "--interval") -> tuple[float, float]:
+    """``"0.1,1.0"`` -> (0.1, 1.0); a one-line ValueError naming ``flag`` unless 0 <= min <= max <= 1."""
     try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError as err:
-        raise ValueError(f"--interval expects two comma-separated numbers like 0.1,1.0, got {text!r}") from err
-    if not 0 <= lo <= hi <= 1:
-        raise ValueError(f"--interval must satisfy 0 <= min <= max <= 1, got {text!r}")
-    return lo, hi
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = None
+    if values is None or len(values) != 2:
+        raise ValueError(f"{flag} expects two comma-separated numbers like 0.1,1.0, got {text!r}")
+    return check_interval(values, flag)
+
+
+def interval_arg(flag: str = "--interval") -> Callable[[str], tuple[float, float]]:
+    """The argparse ``type`` of a CFG interval flag: :func:`parse_interval`, whose message argparse prints
+    (after "argument FLAG:") instead of its generic "invalid value"."""
+
+    def parse(text: str) -> tuple[float, float]:
+        try:
+            return parse_interval(text, flag)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).removeprefix(f"{flag} ")) from None
+
+    parse.__name__ = "interval"
+    return parse
 
 
 def add_sampling_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
@@ -117,7 +158,7 @@ def add_sampling_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                        help=f"ODE solver(s), comma list for a sweep: {', '.join(METHODS)} (default: the model's, "
                             "usually heun)")  # fmt: skip
     else:
-        p.add_argument("--steps", type=int, default=50, help="ODE steps (default 50)")
+        p.add_argument("--steps", type=at_least(1), default=50, help="ODE steps (default 50)")
         p.add_argument("--method", choices=METHODS, default=None,
                        help="ODE solver (default: the model's, usually heun; dpm++2m, dpm++3m, unipc spend one "
                             "evaluation per step)")  # fmt: skip
@@ -127,10 +168,10 @@ def add_sampling_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    help="the shifted grid's s in t' = t / (t + s (1 - t)) (implies --time-grid shifted; default 2)")
     p.add_argument("--final", choices=FINALS, default="ode",
                    help="ode: the ODE's end state (default); denoise: the last x-prediction")
-    p.add_argument("--interval", type=parse_interval, default=None,
+    p.add_argument("--interval", type=interval_arg(), default=None,
                    help="CFG interval min,max in t (default: the model's, usually 0.1,1.0)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; image i always gets the same noise")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward batch")
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="images per forward batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto = bf16 autocast on CUDA, fp32 elsewhere (the ODE state is always fp32)")
@@ -138,22 +179,38 @@ def add_sampling_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    help="do not torch.compile the network on CUDA (faster start, slower sampling)")
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """What ``jit sample`` writes, checked before any work: at least one output, files not folders and
+    the reverse."""
+    if not (args.grid or args.png_dir or args.npz):
+        raise ValueError("nothing to write: give --grid PATH, --png-dir DIR and/or --npz PATH")
+    for flag, path in (("--grid", args.grid), ("--npz", args.npz and npz_path(args.npz))):
+        if path and Path(path).expanduser().is_dir():
+            raise ValueError(f"{flag} {path} is a folder: give a file name")
+    if args.png_dir and Path(args.png_dir).expanduser().exists() and not Path(args.png_dir).expanduser().is_dir():
+        raise ValueError(f"--png-dir {args.png_dir} is a file, not a folder")
+
+
 def run_sample(args: argparse.Namespace) -> None:
+    """``jit sample``: images of the chosen classes as a grid, a PNG folder and/or an .npz (each written
+    atomically)."""
     check_precision(args.precision)
+    _check_outputs(args)
     device = resolve_device(args.device)
     model, info = load_model(args.model_path, weights=args.ema, device=device)
     compile_for_sampling(model, device, args.compile)
     classes = parse_classes(args.classes, info.class_names, info.num_classes)
     labels = [c for c in classes for _ in range(args.per_class)]
-    if not (args.grid or args.png_dir or args.npz):
-        raise ValueError("nothing to write: give --grid PATH, --png-dir DIR and/or --npz PATH")
     cfg = info.cfg if args.cfg is None else args.cfg
     interval = info.cfg_interval if args.interval is None else args.interval
     if info.num_classes == 0 and cfg != 1.0:
         print("unconditional model: ignoring --cfg")
         cfg = 1.0
+    method = args.method or info.method
+    sampling_times(method, args.steps, grid=args.time_grid, shift=args.shift, cfg=cfg, cfg_interval=interval,
+                   t_eps=info.t_eps)  # fmt: skip  # the grid's checks (t_eps, --shift), before any image
     images = generate(model, labels, image_size=info.image_size, seed=args.seed, cfg=cfg, cfg_interval=interval,
-                      steps=args.steps, method=args.method or info.method, noise_scale=info.noise_scale,
+                      steps=args.steps, method=method, noise_scale=info.noise_scale,
                       t_eps=info.t_eps, prediction=info.prediction, grid=args.time_grid, shift=args.shift,
                       final=args.final, batch_size=args.batch_size, device=device,
                       precision=args.precision, progress=True)  # fmt: skip
@@ -173,11 +230,14 @@ def add_cli(sub) -> None:
     p.add_argument("model_path", help="run folder, checkpoint .pt, exported folder, or official checkpoint .pth")
     p.add_argument("--ema", default=None,
                    help="weights to use: ema1 (default; an export folder: its own), ema2 or raw")
-    p.add_argument("--classes", default=None, help="comma list of class indices or names (default: all)")
-    p.add_argument("--per-class", type=int, default=8, help="images per class (default 8)")
+    p.add_argument("--classes", default=None,
+                   help="comma list of class indices or names (default: all); a whole name with commas, e.g. "
+                        "'tabby, tabby cat', is one class, and so is one of its comma-separated synonyms")
+    p.add_argument("--per-class", type=at_least(1), default=8, help="images per class (default 8)")
     p.add_argument("--cfg", type=float, default=None, help="guidance weight (default: the model's)")
     add_sampling_args(p)
     p.add_argument("--grid", default=None, help="write a PNG grid here")
     p.add_argument("--png-dir", default=None, help="write one PNG per image into this folder")
-    p.add_argument("--npz", default=None, help="write uint8 images (N,H,W,3) and labels to this .npz")
+    p.add_argument("--npz", default=None,
+                   help="write uint8 images (N,H,W,3) and labels to this .npz (.npz is appended when missing)")
     p.set_defaults(func=run_sample)

@@ -5,7 +5,7 @@ The PyTorch code in :mod:`layers` and :mod:`rng` is the reference; the kernels i
 decided per call by :func:`use_triton`:
 
 - ``auto`` (default): Triton kernels for CUDA tensors when Triton is installed, PyTorch otherwise;
-- ``off``: always the PyTorch reference (``JIT_TRITON=off`` in the environment, or ``set_mode``);
+- ``off``: always the PyTorch reference (``JIT_TRITON=off`` in the environment, any case, or ``set_mode``);
 - ``on``: Triton kernels for CPU tensors as well, which needs ``TRITON_INTERPRET=1`` (tests only).
 """
 
@@ -32,9 +32,8 @@ def _triton_installed() -> bool:
 
 
 _TRITON_FOUND = _triton_installed()
-_mode = os.environ.get("JIT_TRITON", "auto")
-if _mode not in MODES:
-    raise ValueError(f"JIT_TRITON must be one of {MODES}, got {_mode!r}")
+_ENV_VALUE = os.environ.get("JIT_TRITON", "auto")
+_mode = _ENV_VALUE.strip().lower() or "auto"  # a bad value is an error at use (check_mode), not at import
 _ops: ModuleType | None = None
 
 
@@ -46,24 +45,35 @@ def set_mode(mode: str) -> None:
     _mode = mode
 
 
-def get_mode() -> str:
+def check_mode() -> str:
+    """The current mode; a one-line ValueError when ``JIT_TRITON`` holds none of the modes."""
+    if _mode not in MODES:
+        raise ValueError(f"JIT_TRITON must be one of {', '.join(MODES)} (any case), got {_ENV_VALUE!r}")
     return _mode
+
+
+def get_mode() -> str:
+    return check_mode()
 
 
 @contextlib.contextmanager
 def mode(name: str) -> Iterator[None]:
     """Context manager form of :func:`set_mode`."""
+    global _mode
     previous = _mode
     set_mode(name)
     try:
         yield
     finally:
-        set_mode(previous)
+        _mode = previous
 
 
 def use_triton(tensor: torch.Tensor) -> bool:
     """True when the op on ``tensor`` should go through a Triton kernel."""
-    return _mode != "off" and _TRITON_FOUND and (tensor.is_cuda or _mode == "on")
+    if _mode == "off":
+        return False
+    check_mode()
+    return _TRITON_FOUND and (tensor.is_cuda or _mode == "on")
 
 
 def triton_ops() -> ModuleType:

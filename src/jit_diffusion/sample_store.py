@@ -9,20 +9,23 @@ ADM-style ``.npz`` without holding every image in memory.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
 import time
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .fileio import atomic_write_bytes, save_json
 from .generate import generate
 
 SETTINGS_FILE = "settings.json"
+IDENTITY = ("model", "step")  # describe the weights in settings.json; their sha256 decides
 
 
 def sample_labels(num: int, num_classes: int) -> np.ndarray:
@@ -55,14 +58,35 @@ def chunk_complete(path: Path, expected: int) -> bool:
     return read_chunk(path, expected) is not None
 
 
+def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and tensor bytes (in name order): which weights
+    made a folder's images, whatever file or path they were loaded from."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach()
+        digest.update(f"{name}:{str(tensor.dtype).removeprefix('torch.')}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _weights_line(record: dict) -> str:
+    sha = record.get("weights_sha256")
+    step = "" if record.get("step") is None else f" step {record['step']}"
+    return f"{record.get('model')}{step} {record.get('weights')}, sha256 {sha[:12] if sha else 'not recorded'}"
+
+
 def check_resume(samples_dir: Path, settings: dict, write: bool) -> None:
-    """Refuse to add to a folder whose images were made with other ``settings`` (the ``model`` path may
-    differ); record them in a new folder when ``write``."""
+    """Refuse to add to a folder whose images were made by other weights (``weights_sha256``, see
+    :func:`weights_digest`; the ``model`` path and ``step`` only describe them) or with other ``settings``;
+    record them in a new folder when ``write``."""
     path = samples_dir / SETTINGS_FILE
     if path.is_file():
         old = json.loads(path.read_text())
+        if old.get("weights_sha256") != settings.get("weights_sha256"):
+            raise ValueError(f"{samples_dir} holds samples of another model ({_weights_line(old)}; now "
+                             f"{_weights_line(settings)}): pass another --out or remove it")  # fmt: skip
         # both ways: a setting named only when it is not the default (time_grid, final) may be on either side
-        changed = sorted(k for k in settings.keys() | old.keys() if old.get(k) != settings.get(k) and k != "model")
+        changed = sorted(k for k in settings.keys() | old.keys() if old.get(k) != settings.get(k) and k not in IDENTITY)
         if changed:
             raise ValueError(f"{samples_dir} holds samples made with other settings ({', '.join(changed)}): "
                              "use another --out or delete that folder")  # fmt: skip

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .flow import convert
-from .solvers import METHODS, SOLVERS, from_log_snr, log_snr
+from .solvers import LOG_SNR_METHODS, METHODS, SOLVERS, from_log_snr, log_snr
 
 GRIDS = ("uniform", "shifted", "logsnr")
 FINALS = ("ode", "denoise")
@@ -91,8 +91,32 @@ def sampling_times(method: str, steps: int, *, grid: str = "auto", shift: float 
     """The grid :func:`sample` integrates on: the method's grid, with a node at each CFG interval edge for
     the solvers with the interval guidance rule."""
     kind, shift = resolve_grid(method, grid, shift)
+    check_t_eps(t_eps, method, kind)
     edges = tuple(cfg_interval) if SOLVERS[method].guidance == "interval" and cfg != 1.0 else ()
     return time_grid(steps, kind, shift=shift, t_eps=t_eps, edges=edges)
+
+
+def check_t_eps(t_eps: float, method: str, grid: str) -> float:
+    """``t_eps`` when ``method`` on ``grid`` can use it: 0 <= t_eps < 1, and t_eps > 0 for the solvers and the
+    grid that work in the log-SNR (finite only below the knee 1 - t_eps); a one-line ValueError otherwise."""
+    user = method if method in LOG_SNR_METHODS else "the logsnr time grid" if grid == "logsnr" else None
+    if user is not None and not 0 < t_eps < 1:
+        raise ValueError(f"{user} needs 0 < t_eps < 1 (the log-SNR is log((1 - t_eps) / t_eps) at the knee), "
+                         f"the model's t_eps is {t_eps:g}: sample with --method heun or euler")  # fmt: skip
+    if not 0 <= t_eps < 1:
+        raise ValueError(f"t_eps must satisfy 0 <= t_eps < 1, the model's is {t_eps:g}")
+    return t_eps
+
+
+def check_interval(values: Sequence[float], flag: str = "--interval") -> tuple[float, float]:
+    """A CFG interval (min, max) with 0 <= min <= max <= 1; a one-line ValueError naming ``flag`` otherwise."""
+    try:
+        lo, hi = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{flag} expects two numbers min,max like 0.1,1.0, got {values!r}") from None
+    if not 0 <= lo <= hi <= 1:
+        raise ValueError(f"{flag} must satisfy 0 <= min <= max <= 1, got {lo:g},{hi:g}")
+    return lo, hi
 
 
 def network_evaluations(method: str, times: torch.Tensor) -> int:

@@ -258,3 +258,4 @@ SOLVERS: dict[str, Solver] = {
     "unipc": Solver(unipc, lambda steps: steps, "interval", "shifted"),
 }
 METHODS = tuple(SOLVERS)
+LOG_SNR_METHODS = ("dpm++2m", "dpm++3m", "unipc")  # work in u = log_snr(t, t_eps): need 0 < t_eps < 1

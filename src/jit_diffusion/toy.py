@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import at_least
 from .flow import SPACES, FlowMatching, convert
 from .sampling import sampling_times, solve
 from .toy_report import cell_key, curve_distance, format_table, plot_grid, sliced_wasserstein
@@ -359,10 +360,11 @@ def add_cli(sub) -> None:
                    "(default 2,8,16,512)")
     p.add_argument("--predictions", type=_str_list, default=None, help="comma list of prediction types among "
                    "x,eps,v (default x,eps,v)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per cell (default 2000; 20 with --quick)")
+    p.add_argument("--steps", type=at_least(1), default=None,
+                   help="training steps per cell (default 2000; 20 with --quick)")
     p.add_argument("--seed", type=int, default=0, help="seed for data, embeddings, init and sampling (default 0)")
-    p.add_argument("--workers", type=int, default=None, help="cells trained in parallel processes (default 2; 1 with "
-                   "--quick)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker (default 1)")
+    p.add_argument("--workers", type=at_least(1), default=None,
+                   help="cells trained in parallel processes (default 2; 1 with --quick)")
+    p.add_argument("--threads", type=at_least(1), default=1, help="torch CPU threads per worker (default 1)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run that finishes in a few seconds")
     p.set_defaults(func=run_cli)

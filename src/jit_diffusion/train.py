@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import latest_checkpoint, writing_to
+from .checkpoint import CKPT_DIR, LATEST, latest_checkpoint, writing_to
 from .device import use_bf16
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .ema import EMA
@@ -61,12 +61,14 @@ class TrainingDiverged(UserError):
 class Trainer:
     """One training run; ``run()`` trains until the configured number of steps."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, dataset=None):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, dataset=None, overwrite: bool = False):
         self.dist: DistInfo = init_distributed(cfg.device)
         self.device = self.dist.device
         self.cfg = dataclasses.replace(cfg, compile=compiles(cfg, self.device))  # saved as what is done
         self.run_dir = Path(cfg.out)
         validate(cfg, self.dist.world_size)
+        self.overwrite = check_run_folder(self.run_dir, resume, overwrite)
+        barrier(self.dist)  # every rank has looked before rank 0 writes anything
         self.preemption = Preemption(cfg.preempt_signals)
         if cfg.fsdp and not self.dist.enabled:
             print("--fsdp: single process, running without sharding")
@@ -256,6 +258,8 @@ class Trainer:
         """Rank 0 writes config.json and opens TensorBoard; every rank starts its log window."""
         cfg, info = self.cfg, self.dist
         if info.is_main:
+            if self.overwrite:
+                remove_run(self.run_dir)
             with writing_to(self.run_dir, "config.json"):
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 save_json(self.run_dir / "config.json", {**dataclasses.asdict(cfg), "resolved": self._resolved()})
@@ -288,7 +292,8 @@ class Trainer:
         """Checks, log line, checkpoint and sample grid due after a step; True when the run stops here."""
         cfg = self.cfg
         final = self.step == self.total_steps
-        health = self.health.poll(final or self.step % cfg.log_every == 0 or self.step % cfg.ckpt_every == 0)
+        at_ckpt = final or (cfg.ckpt_every > 0 and self.step % cfg.ckpt_every == 0)  # 0: only at the end
+        health = self.health.poll(final or at_ckpt or self.step % cfg.log_every == 0)
         if health.diverged:
             raise TrainingDiverged(f"loss became NaN/inf at or before step {self.step}; stopped without saving. "
                                    f"Last good checkpoint: {self.last_ckpt or 'none'}")  # fmt: skip
@@ -298,7 +303,7 @@ class Trainer:
             self.stop_reason, final = health.stop, True
             self._announce_stop()
         at_log = self.step % cfg.log_every == 0 or final
-        at_ckpt = self.step % cfg.ckpt_every == 0 or final
+        at_ckpt = at_ckpt or final
         if at_log:
             self._log_line(lr)
         if at_ckpt:
@@ -344,10 +349,36 @@ def add_cli(sub) -> None:
     add_parser(sub).set_defaults(func=run_train)
 
 
+def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Whether the run must first remove an old run from ``run_dir``; a one-line UserError when the folder
+    holds a run (config.json or checkpoints/) and neither ``--resume`` nor ``--overwrite`` was given."""
+    if resume and overwrite:
+        raise UserError("give --resume (continue the run) or --overwrite (start afresh), not both")
+    holds_run = (run_dir / "config.json").exists() or (run_dir / CKPT_DIR).exists()
+    if holds_run and not (resume or overwrite):
+        raise UserError(f"{run_dir} holds a run: pass --resume or another --out (or --overwrite)")
+    return holds_run and overwrite
+
+
+def remove_run(run_dir: Path) -> None:
+    """``--overwrite``: remove what a run wrote into ``run_dir`` (config.json, the checkpoints and their
+    ``latest`` pointer, TensorBoard events, sample grids) and nothing else; emptied folders go too."""
+    patterns = {".": ["config.json"], CKPT_DIR: ["step_*.pt", LATEST, ".*.tmp*"], "tb": ["events.out.tfevents.*"],
+                "samples": ["step_*.png", ".step_*.png.tmp*"]}  # fmt: skip
+    for sub, names in patterns.items():
+        folder = run_dir / sub
+        for name in names:
+            for path in folder.glob(name):
+                if path.is_file() or path.is_symlink():
+                    path.unlink()
+        if sub != "." and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def run_train(args: argparse.Namespace) -> int:
     """``jit train``: 0 when done, ``--requeue-exit-code`` (default 0) after a preemption stop."""
     cfg, resume = config_from_args(args)
-    trainer = Trainer(cfg, resume=resume)
+    trainer = Trainer(cfg, resume=resume, overwrite=args.overwrite)
     try:
         summary = trainer.run()
     finally:

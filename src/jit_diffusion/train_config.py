@@ -9,9 +9,9 @@ import torch
 
 from .config import JiTConfig, preset_config
 from .device import check_precision
-from .errors import UserError
+from .errors import UserError, check_count
 from .flow import SPACES, FlowMatching
-from .sampling import METHODS
+from .sampling import METHODS, check_interval, sampling_times
 from .train_signals import DEFAULT_SIGNALS, parse_signals
 
 _OBJECTIVE = FlowMatching()  # the objective's defaults are the run's defaults
@@ -143,11 +143,45 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     if cfg.max_bad_images is not None and cfg.max_bad_images < 0:
         raise UserError(f"--max-bad-images must be 0 or more, got {cfg.max_bad_images}")
     parse_signals(cfg.preempt_signals)  # names the flag when a signal is unknown
-    if cfg.sample_method not in METHODS:
-        raise UserError(f"--sample-method must be one of {', '.join(METHODS)}, got {cfg.sample_method!r}")
+    _check_counts(cfg)
+    if not 0 < cfg.t_eps < 1:
+        raise UserError(f"--t-eps must satisfy 0 < t_eps < 1 (it clamps the divisions by 1 - t), got {cfg.t_eps:g}")
+    _check_sampling(cfg)
     if cfg.cuda_graph and (world_size > 1 or cfg.grad_accum > 1):
         raise UserError(f"--cuda-graph needs one process and --grad-accum 1 (got {world_size} processes, "
                         f"--grad-accum {cfg.grad_accum})")  # fmt: skip
     if cfg.batch_size % (world_size * cfg.grad_accum):
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by processes x --grad-accum "
                         f"({world_size} x {cfg.grad_accum})")  # fmt: skip
+
+
+# (flag, field, minimum): the counts a run divides by or loops over; 0 has a meaning only where said
+_COUNTS = [
+    ("--batch-size", "batch_size", 1), ("--grad-accum", "grad_accum", 1), ("--log-every", "log_every", 1),
+    ("--ckpt-every", "ckpt_every", 0), ("--keep-last", "keep_last", 0), ("--sample-every", "sample_every", 0),
+    ("--sample-steps", "sample_steps", 1), ("--sample-per-class", "sample_per_class", 1),
+]  # fmt: skip
+_OPTIONAL_COUNTS = [("--steps", "steps", 1), ("--warmup-steps", "warmup_steps", 0), ("--num-workers", "num_workers", 0)]
+
+
+def _check_counts(cfg: TrainConfig) -> None:
+    """Integer flags in range (``--ckpt-every 0``: only at the end; ``--keep-last 0``: keep all;
+    ``--sample-every 0``: never); a one-line UserError naming the flag otherwise."""
+    for flag, name, minimum in _COUNTS + [c for c in _OPTIONAL_COUNTS if getattr(cfg, c[1]) is not None]:
+        check_count(getattr(cfg, name), minimum, flag)
+    for flag, value in (("--epochs", cfg.epochs), ("--max-minutes", cfg.max_minutes)):
+        if value is not None and not value > 0:
+            raise UserError(f"{flag} must be > 0, got {value:g}")
+
+
+def _check_sampling(cfg: TrainConfig) -> None:
+    """The sample grids' settings (also the model's sampling defaults), checked as ``jit sample`` checks
+    its flags: the solver, the CFG interval, the steps and the time grid with the run's t_eps."""
+    if cfg.sample_method not in METHODS:
+        raise UserError(f"--sample-method must be one of {', '.join(METHODS)}, got {cfg.sample_method!r}")
+    try:
+        interval = check_interval(cfg.sample_interval, "--sample-interval")
+        sampling_times(cfg.sample_method, cfg.sample_steps, cfg=cfg.sample_cfg, cfg_interval=interval,
+                       t_eps=cfg.t_eps)  # fmt: skip
+    except ValueError as err:
+        raise UserError(str(err)) from None

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from .checkpoint import list_checkpoints
+from .generate import interval_arg
 from .train_config import TrainConfig
 
 
@@ -51,9 +52,10 @@ FLAGS = [
     ("--grad-clip", "grad_clip", float, "clip the global gradient norm (default 0 = off)"),
     ("--ema", "ema_decays", _floats, "comma-separated EMA decays (default 0.9999,0.9996)"),
     ("--seed", "seed", int, "global seed (default 0)"),
-    ("--ckpt-every", "ckpt_every", int, "checkpoint every N steps (default 1000; always at the end)"),
+    ("--ckpt-every", "ckpt_every", int, "checkpoint every N steps (default 1000; always at the end; 0 = only at "
+     "the end and on an early stop)"),
     ("--max-minutes", "max_minutes", float, "stop cleanly (checkpoint + samples) after this many minutes"),
-    ("--keep-last", "keep_last", int, "checkpoints to keep (default 3)"),
+    ("--keep-last", "keep_last", int, "checkpoints to keep (default 3; 0 = all)"),
     ("--preempt-signals", "preempt_signals", str, "on these signals finish the step, save a checkpoint and exit "
      "(default SIGTERM,SIGUSR1; 'none' to keep the default actions)"),
     ("--requeue-exit-code", "requeue_exit_code", int, "exit code after a preemption stop (default 0), e.g. the "
@@ -79,6 +81,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--out", default=None, help="run folder (default runs/jit)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a folder that holds a run: its config.json, checkpoints, TensorBoard "
+                        "events and sample grids are removed first (other files stay); without --resume or "
+                        "--overwrite such a folder is refused")  # fmt: skip
     p.add_argument("--config", default=None, help="start from this JSON config (flags given override it)")
     for flag, name, typ, help_text in FLAGS:
         p.add_argument(flag, dest=name, type=typ, default=None, help=help_text)
@@ -94,8 +100,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="shard parameters with FSDP2 under torchrun")
     p.add_argument("--grad-checkpointing", dest="grad_checkpointing", action="store_const", const=True, default=None,
                    help="recompute block activations in the backward pass (saves memory)")
-    p.add_argument("--sample-interval", dest="sample_interval", type=_floats, default=None,
-                   help="CFG interval of the sample grids, e.g. 0.1,1.0")
+    p.add_argument("--sample-interval", dest="sample_interval", type=interval_arg("--sample-interval"),
+                   default=None, help="CFG interval of the sample grids and the model's default, e.g. 0.1,1.0 "
+                                      "(as jit sample --interval)")  # fmt: skip
     return p
 
 
