@@ -198,13 +198,21 @@ def test_a_resumed_run_keeps_the_last_value_of_a_step(tmp_path):
 @pytest.mark.parametrize("argv, expected", [
     (["studio", "{tmp}/missing"], "does not exist"),
     (["studio", "{run}", "--port", "70000"], "--port must be in 1..65535, got 70000"),
-    (["studio", "{run}", "--max-images", "0"], "studio caps must be positive"),
+    (["studio", "{run}", "--max-upload-mb", "0"], "studio caps must be positive"),
 ])  # fmt: skip
 def test_studio_command_errors_are_one_line(argv, expected, run_dir, tmp_path, capsys):
     argv = [a.format(tmp=tmp_path, run=run_dir) for a in argv]
     assert main(argv) != 0
     err = capsys.readouterr().err.strip()
     assert expected in err and "\n" not in err
+
+
+@pytest.mark.parametrize("flag", ["--max-images", "--max-steps", "--port"])
+def test_studio_count_flags_must_be_positive(flag, run_dir, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["studio", str(run_dir), flag, "0"])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"jit studio: error: argument {flag}: must be >= 1, got 0"
 
 
 def test_studio_command_names_the_extra_when_gradio_is_missing(run_dir, monkeypatch, capsys):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import UserError
+from .errors import UserError, at_least
 from .studio.limits import DEFAULT_MAX_IMAGES, DEFAULT_MAX_STEPS, DEFAULT_MAX_UPLOAD_MB, Limits
 
 
 def run_studio(args: argparse.Namespace) -> None:
-    if not 0 < args.port < 65536:
+    if args.port > 65535:
         raise UserError(f"--port must be in 1..65535, got {args.port}")
     from .studio.session import Studio
 
@@ -32,15 +32,15 @@ def add_cli(sub) -> None:
                        description="Start a local web page (Gradio) for a model: generate a grid, compare two "
                                    "settings on the same noise, and for a run folder its preview grids and loss.")
     p.add_argument("model_path", help="run folder, checkpoint .pt, exported folder, official .pth or diffusers folder")
-    p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
+    p.add_argument("--port", type=at_least(1), default=7860, help="port to serve on (default 7860)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--share", action="store_true",
                    help="also publish a temporary public link through Gradio's share servers (off by default)")
-    p.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES,
+    p.add_argument("--max-images", type=at_least(1), default=DEFAULT_MAX_IMAGES,
                    help=f"most images one request may ask for (default {DEFAULT_MAX_IMAGES})")
-    p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS,
+    p.add_argument("--max-steps", type=at_least(1), default=DEFAULT_MAX_STEPS,
                    help=f"most ODE steps one request may ask for (default {DEFAULT_MAX_STEPS})")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
                    help=f"largest file the page accepts, in MB (default {DEFAULT_MAX_UPLOAD_MB:g})")
