@@ -16,10 +16,11 @@ import statistics
 import torch
 from common import device_name, echo_command, randomize_zero_init, timed
 
-from jit_diffusion import create_model, kernels
-from jit_diffusion.flops import forward_macs, peak_tflops
-from jit_diffusion.generate import autocast_context, resolve_device
-from jit_diffusion.sampling import sample
+from jit_diffusion import create_model
+from jit_diffusion.core import kernels
+from jit_diffusion.diffusion.generate import autocast_context, resolve_device
+from jit_diffusion.diffusion.sampling import sample
+from jit_diffusion.models.flops import forward_macs, peak_tflops
 
 
 def parse_args() -> argparse.Namespace:

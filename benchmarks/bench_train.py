@@ -21,9 +21,9 @@ import torch
 from common import SyntheticDataset, device_name, echo_command, timed
 from profile_buckets import EMA_LABEL, RNG_LABEL, bucket_trace, format_table, labelled, profile_steps
 
-from jit_diffusion import kernels
-from jit_diffusion.flops import forward_macs, peak_tflops, train_flops_per_image
-from jit_diffusion.train import TrainConfig, Trainer, model_config
+from jit_diffusion.core import kernels
+from jit_diffusion.models.flops import forward_macs, peak_tflops, train_flops_per_image
+from jit_diffusion.train.trainer import TrainConfig, Trainer, model_config
 
 
 def parse_args() -> argparse.Namespace:

@@ -17,9 +17,10 @@ import sys
 import torch
 from common import echo_command, randomize_zero_init
 
-from jit_diffusion import create_model, kernels
-from jit_diffusion.generate import resolve_device
-from jit_diffusion.sampling import sample
+from jit_diffusion import create_model
+from jit_diffusion.core import kernels
+from jit_diffusion.diffusion.generate import resolve_device
+from jit_diffusion.diffusion.sampling import sample
 
 
 def rel_l2(a: torch.Tensor, ref: torch.Tensor) -> float:

@@ -60,7 +60,7 @@ step sample_128 120 $PY bench_sample.py "${MODEL[@]}" "${SAMPLE[@]}" --batch-siz
   --compile $COMPILE --repeats 2
 step sample_batches 150 $PY bench_sample.py "${MODEL[@]}" "${SAMPLE[@]}" --batch-sizes "${BATCHES[1]}" --cfg 2.9 \
   --compile $COMPILE --dynamic-batch --repeats 1
-$PY -c "import sys; from jit_diffusion import create_model; from jit_diffusion.pretrained import save_pretrained
+$PY -c "import sys; from jit_diffusion import create_model; from jit_diffusion.models.pretrained import save_pretrained
 save_pretrained(create_model(sys.argv[1], num_classes=1000), sys.argv[2], overwrite=True)" "$EXPORT" "$out/export" \
   >"$out/export.txt" 2>&1
 step eval_cli 150 bash -c 'TIMEFORMAT="eval_cli: %R s end to end"; time "$@"' _ $PY -m jit_diffusion.cli eval \

@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from jit_diffusion.checkpoint import latest_checkpoint, read_checkpoint
-from jit_diffusion.classifier import ClassifierMetrics
-from jit_diffusion.fileio import atomic_write_bytes
-from jit_diffusion.generate import generate
-from jit_diffusion.images import make_grid
-from jit_diffusion.loading import load_model
-from jit_diffusion.train import TrainConfig, Trainer
+from jit_diffusion.core.fileio import atomic_write_bytes
+from jit_diffusion.core.images import make_grid
+from jit_diffusion.diffusion.generate import generate
+from jit_diffusion.evaluation.classifier import ClassifierMetrics
+from jit_diffusion.formats.checkpoint import latest_checkpoint, read_checkpoint
+from jit_diffusion.formats.loading import load_model
+from jit_diffusion.train.trainer import TrainConfig, Trainer
 
 SPACES = ("x", "eps", "v")
 BOTTLENECKS = (16, 32, 64, 128, 256, 0)  # 0 = a plain linear patch embedding

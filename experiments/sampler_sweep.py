@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from jit_diffusion.cli import main as jit_main
-from jit_diffusion.loading import load_model
-from jit_diffusion.sampling import GuidedVelocity, image_noise, sample, solve
+from jit_diffusion.diffusion.sampling import GuidedVelocity, image_noise, sample, solve
+from jit_diffusion.formats.loading import load_model
 
 NEW_METHODS = ("dpm++2m", "dpm++3m", "unipc")
 GRIDS = (("uniform", None), ("shifted", 1.5), ("shifted", 2.0), ("shifted", 3.0), ("logsnr", None))

@@ -75,7 +75,7 @@ def lively_jit(config):
     weights, so that its images depend on the weights, the labels and the noise. Seeded (0)."""
     import dataclasses
 
-    from jit_diffusion.model import JiT
+    from jit_diffusion.models.jit import JiT
 
     torch.manual_seed(0)
     model = JiT(**dataclasses.asdict(config))

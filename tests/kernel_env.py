@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from jit_diffusion import kernels
+from jit_diffusion.core import kernels
 
 HAS_TRITON = kernels._TRITON_FOUND
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")

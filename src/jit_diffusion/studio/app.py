@@ -12,8 +12,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..errors import UserError
-from ..sampling import METHODS
+from ..core.errors import UserError
+from ..diffusion.sampling import METHODS
 from .runs import is_run_folder, loss_curve, loss_figure, nearest_preview, preview_grids
 from .session import DEFAULT_STEPS, Settings, Studio
 

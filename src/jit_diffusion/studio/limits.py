@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 DEFAULT_MAX_IMAGES = 64
 DEFAULT_MAX_STEPS = 250

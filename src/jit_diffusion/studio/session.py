@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..device import resolve_device
-from ..errors import UserError
-from ..generate import generate, parse_interval
-from ..images import save_grid
-from ..loading import open_source
-from ..sampling import METHODS, network_evaluations, sampling_times
+from ..core.device import resolve_device
+from ..core.errors import UserError
+from ..core.images import save_grid
+from ..diffusion.generate import generate, parse_interval
+from ..diffusion.sampling import METHODS, network_evaluations, sampling_times
+from ..formats.loading import open_source
 from .limits import Limits
 
 GRID_COLUMNS = 8  # images per grid row
