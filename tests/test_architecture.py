@@ -31,7 +31,7 @@ LAYERS = {
     "editing": ["inputs", "operations"],
     "toy": ["report", "experiment"],
     "": [],
-    "studio": ["limits", "runs", "session", "app"],
+    "studio": ["limits", "runs", "session", "edits", "app"],
     "cli": ["train", "sample", "edit", "eval", "classifier", "data", "convert", "toy", "studio"],
 }  # fmt: skip
 OPTIONAL = {"studio.app": "gradio"}  # modules that import an optional extra

@@ -14,6 +14,7 @@ import gradio as gr
 
 from ..core.errors import UserError
 from ..diffusion.sampling import METHODS
+from .edits import Editor
 from .runs import is_run_folder, loss_curve, loss_figure, nearest_preview, preview_grids
 from .session import DEFAULT_STEPS, Settings, Studio
 
@@ -49,11 +50,12 @@ def _describe(studio: Studio) -> str:
             f"images and {studio.limits.max_steps} steps per request.")  # fmt: skip
 
 
-def _class_picker(studio: Studio, elem_id: str):
+def _class_picker(studio: Studio, elem_id: str, label: str = "class", value: int = 0):
     """A searchable class dropdown whose value is the class index (hidden for unconditional models)."""
     names = studio.class_names
-    return gr.Dropdown(choices=[(name, k) for k, name in enumerate(names)], value=0 if names else None,
-                       label="class", filterable=True, visible=bool(names), elem_id=elem_id)  # fmt: skip
+    value = min(value, len(names) - 1) if names else None
+    return gr.Dropdown(choices=[(name, k) for k, name in enumerate(names)], value=value, label=label,
+                       filterable=True, visible=bool(names), elem_id=elem_id)  # fmt: skip
 
 
 def _guidance(studio: Studio, value: float, label: str = "guidance weight", elem_id: str | None = None):
@@ -155,6 +157,45 @@ def _compare_tab(studio: Studio) -> None:
     button.click(run, [label, seed, count, lo, hi, *a_in, *b_in], [*a_out, *b_out], api_name="compare")
 
 
+def _edit_tab(studio: Studio) -> None:
+    editor, d = Editor(studio), studio.defaults()
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = gr.Image(type="filepath", label="image", sources=["upload"], elem_id="edit-image")
+            mask = gr.Image(type="filepath", label="mask for inpainting (white = regenerate)", sources=["upload"],
+                            elem_id="edit-mask")  # fmt: skip
+            label = _class_picker(studio, "edit-class")
+            strength = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="strength (image to image)",
+                                 elem_id="edit-strength")  # fmt: skip
+            method = gr.Dropdown(choices=list(METHODS), value=d.method, label="solver", elem_id="edit-solver")
+            steps = gr.Number(value=DEFAULT_STEPS, precision=0, label="steps", elem_id="edit-steps")
+            cfg = _guidance(studio, d.cfg, elem_id="edit-cfg")
+            seed = gr.Number(value=0, precision=0, label="seed", elem_id="edit-seed")
+            with gr.Row():
+                to_image = gr.Button("Image to image", variant="primary", elem_id="img2img")
+                fill = gr.Button("Inpaint", variant="primary", elem_id="inpaint")
+            to_label = _class_picker(studio, "edit-to-class", "interpolate to class", value=1)
+            frames = gr.Number(value=8, precision=0, label="frames", elem_id="edit-frames")
+            strip = gr.Button("Interpolate", elem_id="interpolate")
+        with gr.Column(scale=2):
+            grid = gr.Image(type="filepath", format="png", label="result", interactive=False, height=420,
+                            buttons=IMAGE_BUTTONS, elem_id="edit-grid")  # fmt: skip
+            timing = gr.Markdown(elem_id="edit-timing")
+
+    def settings(label_, method_, steps_, cfg_, seed_) -> Settings:
+        return Settings(label=label_, method=method_, steps=steps_, cfg=cfg_, seed=seed_, interval=d.interval,
+                        weights=d.weights)  # fmt: skip
+
+    common = [label, method, steps, cfg, seed]
+    shown_result = lambda r: (str(r.grid), r.summary())  # noqa: E731
+    to_image.click(shown(lambda img, st, *c: shown_result(editor.img2img(img, settings(*c), st))),
+                   [image, strength, *common], [grid, timing], api_name="img2img")  # fmt: skip
+    fill.click(shown(lambda img, m, *c: shown_result(editor.inpaint(img, m, settings(*c)))),
+               [image, mask, *common], [grid, timing], api_name="inpaint")  # fmt: skip
+    strip.click(shown(lambda to, n, *c: shown_result(editor.interpolate(settings(*c), to, n))),
+                [to_label, frames, *common], [grid, timing], api_name="interpolate")  # fmt: skip
+
+
 def _run_tab(run_dir: Path) -> None:
     grids = preview_grids(run_dir)
     steps = [s for s, _ in grids]
@@ -187,6 +228,8 @@ def build_app(studio: Studio) -> gr.Blocks:
             _generate_tab(studio)
         with gr.Tab("Compare"):
             _compare_tab(studio)
+        with gr.Tab("Edit"):
+            _edit_tab(studio)
         if is_run_folder(studio.path):
             with gr.Tab("Run"):
                 _run_tab(studio.path)

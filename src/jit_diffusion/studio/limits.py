@@ -49,7 +49,7 @@ class Limits:
     def upload(self, nbytes: int, name: str = "upload") -> None:
         """Refuse a file of more than max_upload_mb megabytes."""
         if nbytes > self.max_upload_bytes:
-            raise UserError(f"{name} is {nbytes / 1e6:.1f} MB, over the cap of {self.max_upload_mb:g} MB "
+            raise UserError(f"{name} is {nbytes / 1e6:.3g} MB, over the cap of {self.max_upload_mb:g} MB "
                             "(start jit studio with --max-upload-mb to change it)")  # fmt: skip
 
     @property

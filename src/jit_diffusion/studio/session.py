@@ -113,20 +113,23 @@ class Studio:
     def run(self, settings: Settings) -> Result:
         """Sample ``settings.count`` images of one class and write their grid."""
         s = self.check(settings)
-        model = self._model(s.weights)
+        model = self.model(s.weights)
         counted = []
         start = time.perf_counter()
         images = generate(model, [s.label] * s.count, image_size=self.info.image_size, seed=s.seed,
                           device=self.device, method=s.method, steps=s.steps, cfg=s.cfg, cfg_interval=s.interval,
                           noise_scale=self.info.noise_scale, t_eps=self.info.t_eps, prediction=self.info.prediction,
                           velocity_hook=counted.append)  # fmt: skip
-        seconds = time.perf_counter() - start
-        name = f"{next(self._numbers):04d}-{s.method}-{s.steps}.png"
-        grid = save_grid(images, self.out_dir / name, nrow=min(s.count, GRID_COLUMNS),
+        return self.result(images, f"{s.method}-{s.steps}", time.perf_counter() - start, counted[0].calls)
+
+    def result(self, images: np.ndarray, tag: str, seconds: float, nfe: int, columns: int = GRID_COLUMNS) -> Result:
+        """Write the grid of uint8 ``images`` (the newest KEEP_GRIDS are kept) and wrap it as a :class:`Result`."""
+        name = f"{next(self._numbers):04d}-{tag}.png"
+        grid = save_grid(images, self.out_dir / name, nrow=min(len(images), columns),
                          upscale=max(1, TILE // self.info.image_size))  # fmt: skip
         for old in sorted(self.out_dir.glob("*.png"))[:-KEEP_GRIDS]:
             old.unlink(missing_ok=True)
-        return Result(images=images, grid=grid, seconds=seconds, nfe=counted[0].calls)
+        return Result(images=images, grid=grid, seconds=seconds, nfe=nfe)
 
     def compare(self, a: Settings, b: Settings) -> tuple[Result, Result]:
         """Two settings on the same noise: ``b`` takes ``a``'s class, seed and count."""
@@ -134,7 +137,8 @@ class Studio:
         a, b = self.check(a), self.check(b)  # both checked before any work
         return self.run(a), self.run(b)
 
-    def _model(self, weights: str):
+    def model(self, weights: str):
+        """The network holding ``weights`` (built on first use)."""
         if self._loaded != weights:  # another weight set of a training checkpoint is swapped in place
             self._network, _ = self.source.load(weights, self.device)
             self._loaded = weights
