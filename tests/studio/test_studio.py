@@ -348,6 +348,23 @@ def test_the_page_in_headless_chromium(run_dir, tmp_path):
         expect(page.locator("#timing-B")).to_contain_text("2 images in", timeout=120_000)
         a, b = shown_image(page, "#grid-A"), shown_image(page, "#grid-B")
         assert a.shape == b.shape and not np.array_equal(a, b)
+        # Edit: upload an image and a mask (white = regenerate the left half), inpaint, the right half is kept
+        image = np.random.default_rng(0).integers(0, 256, (size, size, 3)).astype(np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        mask[:, : size // 2] = 255
+        Image.fromarray(image).save(tmp_path / "in.png")
+        Image.fromarray(mask).save(tmp_path / "mask.png")
+        page.get_by_role("tab", name="Edit").click()
+        for field, path in (("#edit-image", "in.png"), ("#edit-mask", "mask.png")):
+            page.locator(f"{field} input[type=file]").set_input_files(str(tmp_path / path))
+            page.locator(f"{field} img").wait_for()
+        page.locator("#edit-steps input").fill("4")
+        page.get_by_role("button", name="Inpaint").click()
+        expect(page.locator("#edit-timing")).to_contain_text("1 images in", timeout=120_000)
+        up = max(1, 128 // size)
+        edited = shown_image(page, "#edit-grid")[2 * up : (2 + size) * up : up, 2 * up : (2 + size) * up : up]
+        np.testing.assert_array_equal(edited[:, size // 2 :], image[:, size // 2 :])
+        assert (edited[:, : size // 2] != image[:, : size // 2]).mean() > 0.5
         if model == run_dir:
             page.get_by_role("tab", name="Run").click()
             assert shown_image(page, "#run-preview")[..., 0].max() == 180  # step 20's grid (red 180)
