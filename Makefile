@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	bash scripts/system_deps.sh
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q $(TORCH_PINS)
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[dev,studio]'
 	touch $@
 
 demo: setup
@@ -20,6 +20,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# JIT_STUDIO_REQUIRED=1: the studio's browser test fails instead of skipping when Chromium or the extra is missing
 test: setup
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	JIT_STUDIO_REQUIRED=1 $(PY) -m pytest

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: build the built-in emoji dataset, train a small JiT on it for a fixed wall-time budget,
-# then sample a grid with one row per class. Re-running continues the same run for another budget.
+# then sample a grid with one row per class, and print the command that opens the studio on the model.
+# Re-running continues the same run for another budget.
 #   RUN=runs/demo MINUTES=13 bash scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,3 +24,5 @@ $JIT train --model JiT-Ti/8 --data emoji --img-size 32 --batch-size 64 --lr 1e-3
 echo "== 3/3 sampling one row per class"
 $JIT sample "$RUN" --per-class 8 --cfg 3.0 --steps 25 --batch-size 128 --grid "$RUN/samples.png"
 echo "demo finished in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s: $RUN/samples.png"
+echo "to sample, compare and look at the run in the browser (http://127.0.0.1:7860):"
+echo "  $JIT studio $RUN"

@@ -12,7 +12,8 @@ from jit_diffusion import cli
 from jit_diffusion.cli import build_parser, main, one_line
 from jit_diffusion.models.config import PRESETS
 
-COMMANDS = ["presets", "train", "sample", "edit", "eval", "fid-stats", "classifier", "data", "convert", "toy"]
+COMMANDS = ["presets", "train", "sample", "edit", "eval", "fid-stats", "classifier", "data", "convert", "toy",
+            "studio"]
 
 
 def _subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):

@@ -27,6 +27,7 @@ _COMMAND_MODULES = [
     "jit_diffusion.cli.data",
     "jit_diffusion.cli.convert",
     "jit_diffusion.cli.toy",
+    "jit_diffusion.cli.studio",
 ]
 
 
