@@ -417,3 +417,21 @@ def test_concurrent_requests_wait_their_turn_and_a_failure_does_not_stop_the_ser
     assert [outcomes[i].split(" in ")[0] for i in (0, 2, 3)] == ["1 images"] * 3  # served after the failure
     spans.sort()
     assert len(spans) == 3 and all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+
+
+PMF_OFFICIAL = Path(__file__).parents[1] / "fixtures" / "pmf" / "pmf_tiny_official.pt"
+
+
+def test_a_pmf_model_generates_with_its_own_sampler_and_nfe(tmp_path):
+    studio = Studio(PMF_OFFICIAL, device="cpu", out_dir=tmp_path)
+    d = studio.defaults()
+    assert studio.methods == ("pmf",) and d.method == "pmf" and d.steps == 1
+    assert studio.nfe("pmf", 2, 2.5, (0.2, 0.8)) == 2  # one evaluation per step, no doubled batch
+    with pytest.raises(UserError, match="solver must be one of pmf"):
+        studio.check(dataclasses.replace(d, method="heun"))
+    settings = dataclasses.replace(d, label=1, cfg=2.5, interval=(0.2, 0.8), steps=2, count=3, seed=4)
+    result = studio.run(settings)
+    assert result.nfe == 2 and result.images.shape == (3, 16, 16, 3)
+    same = jit_diffusion.generate(studio.model(d.weights), [1] * 3, image_size=16, seed=4, family="pmf",
+                                  method="pmf", steps=2, cfg=2.5, cfg_interval=(0.2, 0.8))  # fmt: skip
+    np.testing.assert_array_equal(result.images, same)

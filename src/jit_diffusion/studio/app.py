@@ -95,9 +95,9 @@ def _generate_tab(studio: Studio) -> None:
             weights = _weights(studio, "weights", d.weights)
             cfg = _guidance(studio, d.cfg, elem_id="cfg")
             lo, hi = _interval(studio, "interval")
-            method = gr.Dropdown(choices=list(METHODS), value=d.method, label="solver", elem_id="solver")
-            steps = gr.Number(value=DEFAULT_STEPS, precision=0, label="steps", elem_id="steps")
-            nfe = gr.Markdown(_nfe_text(studio, d.method, DEFAULT_STEPS, d.cfg, *d.interval), elem_id="nfe")
+            method = gr.Dropdown(choices=list(studio.methods), value=d.method, label="solver", elem_id="solver")
+            steps = gr.Number(value=d.steps, precision=0, label="steps", elem_id="steps")
+            nfe = gr.Markdown(_nfe_text(studio, d.method, d.steps, d.cfg, *d.interval), elem_id="nfe")
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
                 count = gr.Number(value=8, precision=0, label="images", elem_id="count")
@@ -125,7 +125,7 @@ def _side(studio: Studio, name: str, method: str, steps: int):
     """One side of the comparison: solver, steps, guidance and weights."""
     with gr.Column():
         gr.Markdown(f"#### {name}")
-        method_ = gr.Dropdown(choices=list(METHODS), value=method, label="solver", elem_id=f"solver-{name}")
+        method_ = gr.Dropdown(choices=list(studio.methods), value=method, label="solver", elem_id=f"solver-{name}")
         steps_ = gr.Number(value=steps, precision=0, label="steps", elem_id=f"steps-{name}")
         cfg = _guidance(studio, studio.info.cfg, elem_id=f"cfg-{name}")
         weights = _weights(studio, f"weights-{name}")
@@ -143,8 +143,9 @@ def _compare_tab(studio: Studio) -> None:
         count = gr.Number(value=4, precision=0, label="images", elem_id="compare-count")
         lo, hi = _interval(studio, "compare-interval")
     with gr.Row():
-        a_in, a_out = _side(studio, "A", studio.info.method, DEFAULT_STEPS)
-        b_in, b_out = _side(studio, "B", "dpm++2m", 10)
+        a_in, a_out = _side(studio, "A", studio.info.method, studio.defaults().steps)
+        b_method, b_steps = ("dpm++2m", 10) if "dpm++2m" in studio.methods else (studio.info.method, 2)
+        b_in, b_out = _side(studio, "B", b_method, b_steps)
     button = gr.Button("Compare", variant="primary", elem_id="compare")
 
     @shown

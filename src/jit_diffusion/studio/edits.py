@@ -26,6 +26,9 @@ class Editor:
         self.size = studio.info.image_size
 
     def _check(self, settings: Settings) -> Settings:
+        if self.studio.info.family != "jit":
+            raise UserError(f"editing here runs the sampling ODE of JiT models; this is a {self.studio.info.family} "
+                            f"model")  # fmt: skip
         return self.studio.check(dataclasses.replace(settings, count=1))  # one image per upload
 
     def _upload(self, path, what: str) -> Path:

@@ -15,8 +15,7 @@ import numpy as np
 from ..core.device import resolve_device
 from ..core.errors import UserError
 from ..core.images import save_grid
-from ..diffusion.generate import generate, parse_interval
-from ..diffusion.sampling import METHODS, network_evaluations, sampling_times
+from ..diffusion.generate import FAMILY_SAMPLERS, evaluations, generate, parse_interval
 from ..formats.loading import open_source
 from .limits import Limits
 
@@ -80,15 +79,20 @@ class Studio:
     def weight_names(self) -> list[str]:
         return list(self.source.weight_names)
 
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The samplers of the model's family (the ODE solvers for JiT, ``pmf`` for pMF)."""
+        return FAMILY_SAMPLERS[self.info.family].methods
+
     def defaults(self) -> Settings:
-        """The model's own sampling settings (guidance, interval, solver)."""
+        """The model's own sampling settings (guidance, interval, solver, steps)."""
         return Settings(cfg=self.info.cfg, interval=tuple(self.info.cfg_interval), method=self.info.method,
-                        weights=self.source.default_weights)  # fmt: skip
+                        steps=self.info.steps or DEFAULT_STEPS, weights=self.source.default_weights)  # fmt: skip
 
     def check(self, settings: Settings) -> Settings:
         """``settings`` with whole numbers and a known label, solver and weight set; a UserError otherwise."""
-        if settings.method not in METHODS:
-            raise UserError(f"solver must be one of {', '.join(METHODS)}, got {settings.method!r}")
+        if settings.method not in self.methods:
+            raise UserError(f"solver must be one of {', '.join(self.methods)}, got {settings.method!r}")
         lo, hi = parse_interval(f"{float(settings.interval[0])},{float(settings.interval[1])}")
         if self.info.num_classes and settings.label is None:
             raise UserError("pick a class")
@@ -107,8 +111,8 @@ class Studio:
         """Network evaluations per image for these settings (the sampler's own grid and count)."""
         steps = self.limits.steps(steps)
         cfg = float(cfg) if self.info.num_classes else 1.0
-        times = sampling_times(method, steps, cfg=cfg, cfg_interval=tuple(interval), t_eps=self.info.t_eps)
-        return network_evaluations(method, times)
+        return evaluations(self.info.family, method, steps, cfg=cfg, cfg_interval=tuple(interval),
+                           t_eps=self.info.t_eps)  # fmt: skip
 
     def run(self, settings: Settings) -> Result:
         """Sample ``settings.count`` images of one class and write their grid."""
@@ -119,8 +123,10 @@ class Studio:
         images = generate(model, [s.label] * s.count, image_size=self.info.image_size, seed=s.seed,
                           device=self.device, method=s.method, steps=s.steps, cfg=s.cfg, cfg_interval=s.interval,
                           noise_scale=self.info.noise_scale, t_eps=self.info.t_eps, prediction=self.info.prediction,
-                          velocity_hook=counted.append)  # fmt: skip
-        return self.result(images, f"{s.method}-{s.steps}", time.perf_counter() - start, counted[0].calls)
+                          velocity_hook=counted.append, family=self.info.family)  # fmt: skip
+        seconds = time.perf_counter() - start
+        nfe = counted[0].calls if counted else self.nfe(s.method, s.steps, s.cfg, s.interval)  # pMF counts none
+        return self.result(images, f"{s.method}-{s.steps}", seconds, nfe)
 
     def result(self, images: np.ndarray, tag: str, seconds: float, nfe: int, columns: int = GRID_COLUMNS) -> Result:
         """Write the grid of uint8 ``images`` (the newest KEEP_GRIDS are kept) and wrap it as a :class:`Result`."""
