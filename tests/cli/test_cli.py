@@ -11,6 +11,7 @@ import torch
 from jit_diffusion import cli
 from jit_diffusion.cli import build_parser, main, one_line
 from jit_diffusion.models.config import PRESETS
+from jit_diffusion.models.pmf_config import PMF_PRESETS
 
 COMMANDS = ["presets", "train", "sample", "edit", "eval", "fid-stats", "classifier", "data", "convert", "toy",
             "studio"]
@@ -113,7 +114,8 @@ def test_one_line_of_a_worker_error():
 
 def test_presets_table(capsys):
     assert main(["presets"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    jit_table, pmf_table = capsys.readouterr().out.strip().split("\n\n")
+    lines = jit_table.splitlines()
     assert lines[0].split() == ["preset", "image", "depth", "width", "heads", "bneck", "ctx", "params"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert list(rows) == list(PRESETS)
@@ -123,6 +125,12 @@ def test_presets_table(capsys):
     assert params["JiT-L/16"] == pytest.approx(459, rel=0.01)
     assert params["JiT-H/16"] == pytest.approx(953, rel=0.01)
     assert params["JiT-G/16"] == pytest.approx(2000, rel=0.01)
+    header, *pmf_rows = pmf_table.splitlines()
+    assert header.split() == ["preset", "image", "depth", "width", "heads", "bneck", "head", "noise", "params"]
+    pmf = {row.split()[0]: row.split() for row in pmf_rows}
+    assert list(pmf) == list(PMF_PRESETS)
+    noise = {name: float(pmf[f"pMF-{name}"][7]) for name in ("B/16", "B/32", "L/16", "L/32", "H/16", "H/32")}
+    assert noise == {"B/16": 1, "B/32": 2, "L/16": 1, "L/32": 4, "H/16": 2, "H/32": 4}  # the public noise scales
     assert rows["JiT-B/16"][1:7] == ["256", "12", "768", "12", "128", "32/4"]
 
 

@@ -55,6 +55,24 @@ def _presets(args: argparse.Namespace) -> None:
             f"{name:<10} {p['input_size']:>5} {p['depth']:>5} {p['hidden_size']:>5} {p['num_heads']:>5} "
             f"{p['bottleneck_dim']:>5} {ctx:>7} {n / 1e6:>8.2f}M"
         )
+    _pmf_presets()
+
+
+def _pmf_presets() -> None:
+    """The pMF presets: the trunk's depth, the u and v heads' depth each, the noise scale."""
+    import torch
+
+    from ..models.pmf import create_pmf_model
+    from ..models.pmf_config import PMF_DEFAULTS, PMF_PRESETS
+
+    print(f"\n{'preset':<10} {'image':>5} {'depth':>5} {'width':>5} {'heads':>5} {'bneck':>5} {'head':>5} {'noise':>5} "
+          f"{'params':>9}")  # fmt: skip
+    for name in PMF_PRESETS:
+        with torch.device("meta"):
+            model = create_pmf_model(name)
+        c, noise = model.config, PMF_DEFAULTS[name].noise_scale
+        print(f"{name:<10} {c.input_size:>5} {c.depth:>5} {c.hidden_size:>5} {c.num_heads:>5} {c.bottleneck:>5} "
+              f"{c.aux_head_depth:>5} {noise:>5g} {model.num_params() / 1e6:>8.2f}M")  # fmt: skip
 
 
 class _StderrLines(logging.Handler):
