@@ -79,7 +79,8 @@ def test_inpainting_keeps_the_known_pixels_exactly(setup, steps):
     box = box_mask("3,2,12,10", 16)
     keep = ~box[0, 0].numpy()
     for strength in (1.0, 0.6):
-        out, rows = counted(model, lambda: inpaint(model, x, box, labels, noise, settings(steps), strength=strength))
+        out, rows = counted(model, lambda s=strength: inpaint(model, x, box, labels, noise, settings(steps),
+                                                                  strength=s))
         images = to_uint8(out)
         assert np.array_equal(images[:, keep], original[:, keep])
         assert not np.array_equal(images[:, ~keep], original[:, ~keep])
