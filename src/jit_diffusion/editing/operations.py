@@ -191,14 +191,14 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, no
     the others: they are the input's exactly in the result. ``strength`` < 1 starts from the noised input.
     ``resample`` K > 1: each step K times, jumping back with fresh noise of ``seed`` and the images'
     ``indices`` (default 0..B-1) in between (JiT models)."""
-    t0 = 1.0 - check_strength(strength)
-    resample = check_resample(resample)
+    strength, resample = check_strength(strength), check_resample(resample)
+    t0 = 1.0 - strength
     x = x.float().to(noise.device)
     keep = ~mask.to(noise.device).bool().expand_as(x)
     if settings.method == PMF_METHOD:
         if resample != 1:
             raise ValueError("--resample applies to JiT models (the ODE); a pMF model inpaints with --resample 1")
-        return torch.where(keep, x, _pmf(model, x, labels, noise, settings, 1.0 - t0, keep))
+        return torch.where(keep, x, _pmf(model, x, labels, noise, settings, strength, keep))
     times = settings.times_from(t0)
     z = noised(x, noise, float(times[0]), settings.noise_scale)
     scaled = noise.float() * settings.noise_scale
