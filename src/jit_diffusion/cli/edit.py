@@ -239,7 +239,8 @@ def _common(p: argparse.ArgumentParser, inputs: bool = True, outputs: str | None
         p.add_argument("--classes", default=None,
                        help="class of the inputs (one for all, or one per image; index, name or null; "
                             "default null = unconditional)")  # fmt: skip
-    p.add_argument("--cfg", type=float, default=None, help=f"guidance weight (default: {cfg})")
+    p.add_argument("--cfg", type=float, default=None,
+                   help=f"guidance weight (default: {cfg}); for a pMF model the omega it is conditioned on")
     add_sampling_args(p)
     if outputs is None:
         return
@@ -270,7 +271,7 @@ def add_cli(sub) -> None:
     q.add_argument("--mask", default=None, help="black-and-white mask image (white = regenerate; any size)")
     q.add_argument("--box", default=None, help="rectangle to regenerate, x0,y0,x1,y1 in the model's pixels")
     _strength(q, 1.0, "how much of the masked part to change")
-    q.add_argument("--resample", type=int, default=1,
+    q.add_argument("--resample", type=int, default=1, metavar="K",
                    help="RePaint jumps: take each step K times, re-noising back along the path in between (fresh "
                         "noise of --seed and the image index) for seams that match; 1 = none (default; JiT models)")
     q.set_defaults(func=run_inpaint)
