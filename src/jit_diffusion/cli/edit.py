@@ -1,5 +1,6 @@
 """``jit edit``: image-to-image, inpainting, inversion, reconstruction, interpolation and class swaps with
-any model source (flags and printing around :mod:`.editing`)."""
+any model source (flags and printing around :mod:`.editing`). pMF models take img2img and inpaint (their
+few-step sampler from t0 = 1 - strength); the other operations run the ODE of JiT models."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ import torch
 from ..core.device import autocast_context, check_precision, resolve_device
 from ..core.errors import UserError
 from ..core.images import to_uint8
-from ..diffusion.generate import compile_for_sampling, parse_classes
+from ..diffusion.generate import check_cfg, check_method, compile_for_sampling, parse_classes
 from ..diffusion.sampling import image_noise
 from ..editing import operations as editing
 from ..editing.inputs import box_mask, check_animation_path, load_inputs, load_mask, save_animation, save_noise, to_unit
 from ..formats.loading import open_source
-from .sample import add_sampling_args, write_outputs
+from .sample import add_sampling_args, ode_only_flags, write_outputs
 
 NULL_NAMES = ("null", "none")  # the null class: unconditional
+FEW_STEP_OPERATIONS = ("img2img", "inpaint")  # what a pMF model takes
 
 
 def class_list(spec: str | None, info, flag: str = "--classes") -> list[int]:
@@ -60,6 +62,12 @@ def _settings(args: argparse.Namespace, info, default_cfg: float | None = None) 
     if info.num_classes == 0 and cfg not in (None, 1.0):
         print("unconditional model: ignoring --cfg")
         cfg = 1.0
+    if info.family != "jit":
+        check_method(info.family, args.method)
+        check_cfg(info.family, info.cfg if cfg is None else cfg)
+        if ode_only_flags(args):
+            print(f"{info.family} model: ignoring {', '.join(ode_only_flags(args))} (ODE solver options)")
+        return editing.ODESettings.from_info(info, steps=args.steps, cfg=cfg, cfg_interval=args.interval)
     return editing.ODESettings.from_info(info, method=args.method, steps=args.steps, cfg=cfg,
                                          cfg_interval=args.interval, grid=args.time_grid, shift=args.shift,
                                          final=args.final)  # fmt: skip
@@ -78,9 +86,9 @@ def _open(args: argparse.Namespace):
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     source = open_source(args.model_path)
     info = source.info(args.ema)
-    if info.family != "jit":
-        raise UserError(f"{args.model_path} is a {info.family} model: jit edit runs the sampling ODE of JiT models "
-                        f"only")  # fmt: skip
+    if info.family != "jit" and args.operation not in FEW_STEP_OPERATIONS:
+        raise UserError(f"{args.model_path} is a {info.family} model: jit edit takes it for "
+                        f"{' and '.join(FEW_STEP_OPERATIONS)}; {args.operation} runs the ODE of JiT models only")
     return source, info
 
 
@@ -91,14 +99,15 @@ def _load(args: argparse.Namespace, source):
 
 
 def _batched(args, model, device, images: torch.Tensor, labels: torch.Tensor, run: Callable) -> torch.Tensor:
-    """``run(x, labels, noise)`` over batches; image k gets noise k of ``--seed``."""
+    """``run(model, x, labels, noise, indices)`` over batches; image k gets noise k of ``--seed``."""
     outs = []
     for lo in range(0, len(images), args.batch_size):
         x = to_unit(images[lo : lo + args.batch_size]).to(device)
         y = labels[lo : lo + len(x)].to(device)
-        noise = image_noise(range(lo, lo + len(x)), tuple(x.shape[1:]), args.seed).to(device)
+        indices = range(lo, lo + len(x))
+        noise = image_noise(indices, tuple(x.shape[1:]), args.seed).to(device)
         with autocast_context(device, args.precision):
-            outs.append(run(model, x, y, noise).float().cpu())
+            outs.append(run(model, x, y, noise, indices).float().cpu())
     return torch.cat(outs)
 
 
@@ -111,6 +120,11 @@ def _prepare(args: argparse.Namespace, default_cfg: float | None = None, outputs
     labels = input_labels(args.classes, info, len(images))
     if hasattr(args, "strength"):
         editing.check_strength(args.strength)
+    if getattr(args, "resample", 1) != 1:
+        editing.check_resample(args.resample)
+        if info.family != "jit":
+            raise UserError(f"--resample applies to JiT models (the ODE); a {info.family} model inpaints with "
+                            f"--resample 1")  # fmt: skip
     mask = _mask(args, info.image_size) if args.operation == "inpaint" else None
     model, device = _load(args, source)
     return model, device, info, settings, images, labels, mask
@@ -125,21 +139,22 @@ def _mask(args: argparse.Namespace, image_size: int) -> torch.Tensor:
 def run_img2img(args: argparse.Namespace) -> None:
     model, device, info, s, images, labels, _ = _prepare(args)
     out = _batched(args, model, device, images, labels,
-                   lambda m, x, y, e: editing.img2img(m, x, y, e, s, strength=args.strength))  # fmt: skip
+                   lambda m, x, y, e, _: editing.img2img(m, x, y, e, s, strength=args.strength))  # fmt: skip
     write_outputs(to_uint8(out), labels.tolist(), args, nrow=min(len(out), 8), image_size=info.image_size)
 
 
 def run_inpaint(args: argparse.Namespace) -> None:
     model, device, info, s, images, labels, mask = _prepare(args)
-    out = _batched(args, model, device, images, labels,
-                   lambda m, x, y, e: editing.inpaint(m, x, mask, y, e, s, strength=args.strength))  # fmt: skip
+    run = lambda m, x, y, e, i: editing.inpaint(m, x, mask, y, e, s, strength=args.strength,  # noqa: E731
+                                                resample=args.resample, seed=args.seed, indices=i)  # fmt: skip
+    out = _batched(args, model, device, images, labels, run)
     print(f"regenerated {int(mask.sum())} of {mask.numel()} pixels per image")
     write_outputs(to_uint8(out), labels.tolist(), args, nrow=min(len(out), 8), image_size=info.image_size)
 
 
 def run_invert(args: argparse.Namespace) -> None:
     model, device, info, s, images, labels, _ = _prepare(args, default_cfg=1.0, outputs=False)
-    noise = _batched(args, model, device, images, labels, lambda m, x, y, e: editing.invert(m, x, y, s))
+    noise = _batched(args, model, device, images, labels, lambda m, x, y, e, _: editing.invert(m, x, y, s))
     print(f"inverted {len(noise)} images ({s.method}, {s.steps} steps, cfg {s.cfg}): noise mean "
           f"{float(noise.mean()):+.3f}, std {float(noise.std()):.3f} (1 for a standard normal)")  # fmt: skip
     print(f"wrote {save_noise(noise, labels.tolist(), args.noise_out)}")
@@ -154,7 +169,7 @@ def reconstruction_error(images: torch.Tensor, recon: np.ndarray) -> tuple[float
 
 def run_reconstruct(args: argparse.Namespace) -> None:
     model, device, info, s, images, labels, _ = _prepare(args, default_cfg=1.0, outputs=False)
-    out = _batched(args, model, device, images, labels, lambda m, x, y, e: editing.reconstruct(m, x, y, s)[1])
+    out = _batched(args, model, device, images, labels, lambda m, x, y, e, _: editing.reconstruct(m, x, y, s)[1])
     recon = to_uint8(out)
     mae, psnr = reconstruction_error(images, recon)
     print(f"reconstruction error ({s.method}, {s.steps} steps, cfg {s.cfg}): mean |error| {mae:.3f} levels "
@@ -170,7 +185,7 @@ def run_swap(args: argparse.Namespace) -> None:
     model, device, info, s, images, labels, _ = _prepare(args, opened=(source, info))
     to = torch.full_like(labels, target[0])
     out = _batched(args, model, device, images, labels,
-                   lambda m, x, y, e: editing.swap(m, x, y, to[: len(y)].to(y.device), s, strength=args.strength,
+                   lambda m, x, y, e, _: editing.swap(m, x, y, to[: len(y)].to(y.device), s, strength=args.strength,
                                                    invert_cfg=args.invert_cfg))  # fmt: skip
     write_outputs(to_uint8(out), to.tolist(), args, nrow=min(len(out), 8), image_size=info.image_size)
 
@@ -224,7 +239,8 @@ def _common(p: argparse.ArgumentParser, inputs: bool = True, outputs: str | None
         p.add_argument("--classes", default=None,
                        help="class of the inputs (one for all, or one per image; index, name or null; "
                             "default null = unconditional)")  # fmt: skip
-    p.add_argument("--cfg", type=float, default=None, help=f"guidance weight (default: {cfg})")
+    p.add_argument("--cfg", type=float, default=None,
+                   help=f"guidance weight (default: {cfg}); for a pMF model the omega it is conditioned on")
     add_sampling_args(p)
     if outputs is None:
         return
@@ -242,17 +258,22 @@ def _strength(p: argparse.ArgumentParser, default: float, what: str) -> None:
 def add_cli(sub) -> None:
     p = sub.add_parser("edit", help="edit real images: img2img, inpaint, invert, reconstruct, interpolate, swap",
                        description="Edit images with any model: image-to-image, inpainting, inversion to noise, "
-                                   "reconstruction, noise/class interpolation and class swaps.")  # fmt: skip
+                                   "reconstruction, noise/class interpolation and class swaps. pMF models take "
+                                   "img2img and inpaint (their 1-2 step sampler from t0 = 1 - strength, --cfg "
+                                   "is omega); the others run the ODE of JiT models.")  # fmt: skip
     ops = p.add_subparsers(dest="operation", metavar="OPERATION", required=True)
-    q = ops.add_parser("img2img", help="re-generate images from a noised copy (SDEdit)")
+    q = ops.add_parser("img2img", help="re-generate images from a noised copy (SDEdit; pMF models too)")
     _common(q)
     _strength(q, 0.5, "how much to change")
     q.set_defaults(func=run_img2img)
-    q = ops.add_parser("inpaint", help="regenerate the white part of a mask, keep the rest exactly")
+    q = ops.add_parser("inpaint", help="regenerate the white part of a mask, keep the rest exactly (pMF models too)")
     _common(q)
     q.add_argument("--mask", default=None, help="black-and-white mask image (white = regenerate; any size)")
     q.add_argument("--box", default=None, help="rectangle to regenerate, x0,y0,x1,y1 in the model's pixels")
     _strength(q, 1.0, "how much of the masked part to change")
+    q.add_argument("--resample", type=int, default=1, metavar="K",
+                   help="RePaint jumps: take each step K times, re-noising back along the path in between (fresh "
+                        "noise of --seed and the image index) for seams that match; 1 = none (default; JiT models)")
     q.set_defaults(func=run_inpaint)
     q = ops.add_parser("invert", help="run the ODE backwards from images to their noise (guidance off by default)")
     _common(q, outputs=None, cfg="1, no guidance")

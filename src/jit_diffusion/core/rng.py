@@ -34,6 +34,7 @@ _C2 = _i64(0x94D049BB133111EB)
 # stream ids: one independent stream per kind of draw
 STREAM_TIME, STREAM_NOISE, STREAM_FLIP, STREAM_LABEL_DROP = 1, 2, 3, 4
 STREAM_SUBSTITUTE = 5  # which image replaces one that does not decode
+STREAM_RESAMPLE = 6  # inpainting's fresh noise when it jumps back (jit edit inpaint --resample)
 
 
 def _srl(x: torch.Tensor, k: int) -> torch.Tensor:

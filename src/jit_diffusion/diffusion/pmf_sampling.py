@@ -28,11 +28,13 @@ def our_interval(t_min: float, t_max: float) -> tuple[float, float]:
     return 1.0 - float(t_max), 1.0 - float(t_min)
 
 
-def pmf_times(steps: int) -> torch.Tensor:
-    """The steps+1 grid times in pMF time, linspace(1, 0) in fp32 (ours: 1 - these)."""
+def pmf_times(steps: int, start: float = 1.0) -> torch.Tensor:
+    """The steps+1 grid times in pMF time, linspace(start, 0) in fp32 (ours: 1 - these)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float32)
+    if not 0.0 <= start <= 1.0:
+        raise ValueError(f"the pMF start time must be in [0, 1] (1 = pure noise), got {start}")
+    return torch.linspace(float(start), 0.0, steps + 1, dtype=torch.float32)
 
 
 @torch.no_grad()
@@ -45,20 +47,30 @@ def sample_pmf(
     interval: Sequence[float] = (0.0, 1.0),
     *,
     noise_scale: float = 1.0,
+    start: float = 1.0,
+    image: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Images (B, C, H, W), fp32, about [-1, 1], from standard-normal ``noise`` and ``labels`` (B,).
 
     ``omega`` is the guidance weight the network is conditioned on (the CLI's --cfg), ``interval`` the
-    guidance interval in our time; ``steps`` network evaluations."""
+    guidance interval in our time; ``steps`` network evaluations. Editing: from pMF time ``start`` < 1 the
+    state starts on the path (1 - start) image + start noise (image-to-image; start 0 returns it with no
+    evaluation), and where ``keep`` is True the state is put back on that path before every step (inpainting)."""
     if omega < 1.0:
         raise ValueError(f"the pMF guidance weight omega must be >= 1, got {omega}")
     t_min, t_max = network_interval(interval)
-    z = noise.float() * noise_scale
+    times = pmf_times(steps, start).tolist()
+    scaled = noise.float() * noise_scale
+    if image is None and (start < 1.0 or keep is not None):
+        raise ValueError("sample_pmf: a start time below 1 or kept pixels need the image")
+    path = lambda s: scaled if image is None else (1.0 - s) * image.float() + s * scaled  # noqa: E731  z_s, pMF time
+    z = scaled if start == 1.0 else path(start)
     B, device = z.shape[0], z.device
     labels = labels.to(device)
     rows = lambda value: torch.full((B,), float(value), device=device)  # noqa: E731
-    times = pmf_times(steps).tolist()
-    for s, r in zip(times[:-1], times[1:]):
+    for s, r in zip(times[:-1], times[1:]) if start > 0 else ():
+        z = z if keep is None else torch.where(keep, path(s), z)
         u, _ = model(z, rows(s), rows(s - r), rows(omega), rows(t_min), rows(t_max), labels, heads="u")
         z = z - (s - r) * u.float()  # an average-velocity step in pMF time
     return z

@@ -9,12 +9,16 @@ first node. The path is the flow's z_t = t x + (1 - t) e (t = 1 clean), so
   sampling from the same noise, strength 0 returns the input);
 - ``inpaint``: at every network evaluation the known pixels are set to t x + (1 - t) e and their velocity
   to x - e (the path's), so the network sees the input noised to that time; the known pixels of the result
-  are the input's;
+  are the input's. With ``resample`` K > 1 (RePaint) each step from t_i to t_(i+1) is taken K times, the
+  state re-noised back to t_i along the path in between (fresh noise of the seed and image index);
 - ``invert``: the same ODE run backwards, t = 1 -> t0 (the last step into t = 0 is the first-order
   one, z_0 = (z - t D) / (1 - t): the noise prediction); ``reconstruct`` runs it forwards again;
 - ``interpolate``: spherical interpolation of noises and linear mixing of class embeddings (one embedding
   table row per frame, swapped in with ``torch.func.functional_call``);
 - ``swap``: invert under class A down to t0 = 1 - strength, then solve to t = 1 under class B.
+
+A pMF model (``settings.method == "pmf"``) takes ``img2img`` and ``inpaint`` with its few-step sampler
+:func:`pmf_sampling.sample_pmf` started at pMF time 1 - t0 = strength (one evaluation per step).
 
 Images are fp32 (B, 3, H, W) in [-1, 1]; ``noise`` is standard normal (the seed's per-image draw of
 :func:`sampling.image_noise`), scaled by the model's ``noise_scale`` here as in :func:`sampling.sample`.
@@ -28,6 +32,9 @@ from collections.abc import Sequence
 
 import torch
 
+from ..core import rng
+from ..diffusion.generate import PMF_METHOD
+from ..diffusion.pmf_sampling import sample_pmf
 from ..diffusion.sampling import SOLVERS, GuidedVelocity, guidance_weights, interval_weights, sampling_times, solve
 
 TABLE_NAME = "y_embedder.embedding_table.weight"  # the class table (last row: the null class)
@@ -52,8 +59,9 @@ class ODESettings:
     def from_info(cls, info, **overrides) -> ODESettings:
         """The settings of a model's :class:`ModelInfo` (its cfg, interval, solver, flow), with overrides
         (a ``None`` override keeps the model's value)."""
-        base = cls(method=info.method, cfg=info.cfg, cfg_interval=tuple(info.cfg_interval),
-                   noise_scale=info.noise_scale, t_eps=info.t_eps, prediction=info.prediction)  # fmt: skip
+        base = cls(method=info.method, steps=info.steps or cls.steps, cfg=info.cfg,
+                   cfg_interval=tuple(info.cfg_interval), noise_scale=info.noise_scale,
+                   t_eps=info.t_eps, prediction=info.prediction)  # fmt: skip
         return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
     def times_from(self, t0: float = 0.0) -> torch.Tensor:
@@ -85,15 +93,16 @@ def _velocity(model, labels: torch.Tensor, settings: ODESettings, z: torch.Tenso
 
 
 def integrate(model, z: torch.Tensor, labels: torch.Tensor, times: torch.Tensor, settings: ODESettings, *,
-              null_label: int | None = None, wrap=None, final: str | None = None) -> torch.Tensor:  # fmt: skip
+              null_label: int | None = None, wrap=None, final: str | None = None,
+              **options) -> torch.Tensor:  # fmt: skip
     """Solve the guided ODE from ``z`` at ``times[0]`` along increasing ``times`` (as :func:`sampling.sample`
-    does from t = 0). ``wrap(velocity)`` may replace the velocity (inpainting)."""
+    does from t = 0). ``wrap(velocity)`` may replace the velocity (inpainting); ``options`` go to the solver."""
     if len(times) < 2:
         return z
     velocity = _velocity(model, labels, settings, z, null_label)
     velocity = wrap(velocity) if wrap is not None else velocity
     return solve(velocity, z, times, _weights(settings, times), method=settings.method, t_eps=settings.t_eps,
-                 final=settings.final if final is None else final)  # fmt: skip
+                 final=settings.final if final is None else final, **options)  # fmt: skip
 
 
 def integrate_back(model, x: torch.Tensor, labels: torch.Tensor, times: torch.Tensor, settings: ODESettings, *,
@@ -122,7 +131,10 @@ def noised(x: torch.Tensor, noise: torch.Tensor, t0: float, noise_scale: float) 
 @torch.no_grad()
 def img2img(model, x: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, settings: ODESettings, *,
             strength: float) -> torch.Tensor:  # fmt: skip
-    """SDEdit: noise the images to t0 = 1 - strength with ``noise``, then solve to t = 1."""
+    """SDEdit: noise the images to t0 = 1 - strength with ``noise``, then solve to t = 1 (a pMF model: its
+    steps from t0)."""
+    if settings.method == PMF_METHOD:
+        return _pmf(model, x.to(noise.device), labels, noise, settings, check_strength(strength))
     t0 = 1.0 - check_strength(strength)
     times = settings.times_from(t0)
     z = noised(x.to(noise.device), noise, float(times[0]), settings.noise_scale)
@@ -143,19 +155,80 @@ class KnownPixels:
         return torch.where(self.keep, self.x - self.noise, v)
 
 
+def _pmf(model, x: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, settings: ODESettings, strength: float,
+         keep: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """A pMF model's steps from our t0 = 1 - strength, i.e. its own time s = strength (cfg: omega)."""
+    return sample_pmf(model, labels, noise, settings.steps, settings.cfg, settings.cfg_interval,
+                      noise_scale=settings.noise_scale, start=strength, image=x, keep=keep)  # fmt: skip
+
+
+def check_resample(resample: int) -> int:
+    """``resample`` as an int >= 1, or a one-line error."""
+    if int(resample) != resample or resample < 1:
+        raise ValueError(f"--resample must be an integer >= 1, got {resample}")
+    return int(resample)
+
+
+def jump_noise(seed: int, indices: torch.Tensor, step: int, jump: int, shape: Sequence[int]) -> torch.Tensor:
+    """Standard-normal (B, *shape) fresh noise of jump ``jump`` after step ``step``: a pure function of the
+    seed and each image's index (``indices``, B, on the device wanted), whatever the batch."""
+    key = (int(step) << 16) | int(jump)  # step and jump in one counter
+    return rng.normal(seed, key, rng.STREAM_RESAMPLE, indices, math.prod(shape)).view(len(indices), *shape)
+
+
+def jump_back(z: torch.Tensor, s: float, t: float, fresh: torch.Tensor, noise_scale: float) -> torch.Tensor:
+    """Re-noise ``z`` from time s back to t < s along the path z_t = t x + (1 - t) sigma e."""
+    # z_t = (t / s) z_s + sigma sqrt((1 - t)^2 - (t (1 - s) / s)^2) e' keeps z_t = t x + (1 - t) sigma e in law
+    spread = math.sqrt(max(0.0, (1.0 - t) ** 2 - (t * (1.0 - s) / s) ** 2))
+    return (t / s) * z + (noise_scale * spread) * fresh.float()
+
+
 @torch.no_grad()
 def inpaint(model, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
-            settings: ODESettings, *, strength: float = 1.0) -> torch.Tensor:  # fmt: skip
+            settings: ODESettings, *, strength: float = 1.0, resample: int = 1, seed: int = 0,
+            indices: Sequence[int] | None = None) -> torch.Tensor:  # fmt: skip
     """Regenerate the pixels where ``mask`` (bool, broadcastable to x; True = regenerate) is set, keeping
-    the others: they are the input's exactly in the result. ``strength`` < 1 starts from the noised input."""
-    t0 = 1.0 - check_strength(strength)
+    the others: they are the input's exactly in the result. ``strength`` < 1 starts from the noised input.
+    ``resample`` K > 1: each step K times, jumping back with fresh noise of ``seed`` and the images'
+    ``indices`` (default 0..B-1) in between (JiT models)."""
+    strength, resample = check_strength(strength), check_resample(resample)
+    t0 = 1.0 - strength
     x = x.float().to(noise.device)
     keep = ~mask.to(noise.device).bool().expand_as(x)
+    if settings.method == PMF_METHOD:
+        if resample != 1:
+            raise ValueError("--resample applies to JiT models (the ODE); a pMF model inpaints with --resample 1")
+        return torch.where(keep, x, _pmf(model, x, labels, noise, settings, strength, keep))
     times = settings.times_from(t0)
     z = noised(x, noise, float(times[0]), settings.noise_scale)
     scaled = noise.float() * settings.noise_scale
-    out = integrate(model, z, labels, times, settings, wrap=lambda v: KnownPixels(v, x, scaled, keep))
+    wrap = lambda v: KnownPixels(v, x, scaled, keep)  # noqa: E731
+    if resample == 1:
+        out = integrate(model, z, labels, times, settings, wrap=wrap)
+    else:
+        indices = torch.as_tensor(range(len(x)) if indices is None else list(indices), device=x.device)
+        jumps = lambda i, j: jump_noise(seed, indices, i, j, x.shape[1:])  # noqa: E731
+        out = _resampled(model, z, labels, times, settings, wrap, resample, jumps,
+                         lambda t: noised(x, noise, t, settings.noise_scale), keep)  # fmt: skip
     return torch.where(keep, x, out)
+
+
+def _resampled(model, z, labels, times, settings: ODESettings, wrap, resample: int, jumps, known, keep):
+    """RePaint: each step t_i -> t_(i+1) taken ``resample`` times, the result re-noised back to t_i (fresh
+    noise ``jumps(i, j)``, the known pixels ``known(t_i)``) before each retake. A multistep solver starts
+    afresh at every step (the jumps break its history); heun takes a Heun step except into t = 1."""
+    last = len(times) - 2
+    for i in range(last + 1):
+        step = times[i : i + 2]
+        t, t_next = float(times[i]), float(times[i + 1])
+        options = {"final_euler": False} if settings.method == "heun" and i < last else {}
+        final = settings.final if i == last else "ode"
+        for j in range(resample):
+            z_next = integrate(model, z, labels, step, settings, wrap=wrap, final=final, **options)
+            if j < resample - 1:
+                z = torch.where(keep, known(t), jump_back(z_next, t_next, t, jumps(i, j), settings.noise_scale))
+        z = z_next
+    return z
 
 
 @torch.no_grad()
