@@ -9,20 +9,19 @@ ADM-style ``.npz`` without holding every image in memory.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
 import time
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..core.fileio import atomic_write_bytes, save_json
 from ..diffusion.generate import generate
+from ..formats.checkpoint import weights_digest  # noqa: F401 (its home before it moved down a layer)
 
 SETTINGS_FILE = "settings.json"
 IDENTITY = ("model", "step")  # describe the weights in settings.json; their sha256 decides
@@ -56,17 +55,6 @@ def read_chunk(path: Path, expected: int) -> tuple[np.ndarray, np.ndarray] | Non
 def chunk_complete(path: Path, expected: int) -> bool:
     """Whether ``path`` is a readable chunk of ``expected`` images and labels."""
     return read_chunk(path, expected) is not None
-
-
-def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over a state dict's names, dtypes, shapes and tensor bytes (in name order): which weights
-    made a folder's images, whatever file or path they were loaded from."""
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach()
-        digest.update(f"{name}:{str(tensor.dtype).removeprefix('torch.')}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def _weights_line(record: dict) -> str:

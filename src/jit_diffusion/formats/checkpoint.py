@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import re
 import shutil
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -227,3 +228,14 @@ def info_from_training(ckpt: dict, source: str, weights: str) -> ModelInfo:
         step=int(ckpt.get("step", 0)), family=spec.name,
         steps=cfg.get("sample_steps") if spec.steps is not None else None,  # JiT runs: the CLI's default
     )  # fmt: skip
+
+
+def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and tensor bytes (in name order): which weights
+    made a folder's images, whatever file or path they were loaded from."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach()
+        digest.update(f"{name}:{str(tensor.dtype).removeprefix('torch.')}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()

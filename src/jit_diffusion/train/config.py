@@ -78,6 +78,11 @@ class TrainConfig:
     cuda_graph: bool = False  # replay each training step as one CUDA graph (one process, no accumulation)
     fsdp: bool = False
     grad_checkpointing: bool = False
+    # fine-tuning (:mod:`.init`)
+    init_from: str | None = None  # start from this model's weights (a new run: fresh optimizer and step)
+    init_weights: str | None = None  # ema1, ema2 or raw (default: the source's default)
+    class_map: str = "auto"  # new -> source classes: equal names, or a JSON file
+    freeze: str | None = None  # comma-separated parameter name patterns kept fixed
 
     def lr_value(self) -> float:
         """Peak learning rate: ``lr`` or ``blr * batch_size / 256``."""
@@ -96,7 +101,7 @@ TRAJECTORY_FIELDS = {
     "model", "img_size", "bottleneck_dim", "attn_drop", "proj_drop", "data", "data_split", "prediction",
     "loss", "p_mean", "p_std", "noise_scale", "t_eps", "label_drop", "batch_size", "lr", "blr", "min_lr",
     "schedule", "warmup_epochs", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "ema_decays",
-    "seed",
+    "seed", "freeze",
 }  # fmt: skip
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..diffusion.generate import interval_arg
 from ..formats.checkpoint import list_checkpoints
 from .config import TrainConfig
+from .init import inherit
 
 
 def _floats(text: str) -> list[float]:
@@ -67,6 +68,14 @@ FLAGS = [
     ("--sample-steps", "sample_steps", int, "ODE steps of the sample grids (default 50)"),
     ("--sample-method", "sample_method", str, "ODE solver of the sample grids and the model's default: heun "
      "(default), euler, dpm++2m, dpm++3m, unipc"),
+    ("--init-from", "init_from", str, "fine-tune: start a new run from this model's weights (run folder, checkpoint, "
+     "export, official .pth, diffusers folder); its preset, image size, prediction, noise scale and sampling "
+     "settings are inherited unless given; optimizer and step start fresh"),
+    ("--init-weights", "init_weights", str, "which weights of --init-from: ema1 (default), ema2 or raw"),
+    ("--class-map", "class_map", str, "--init-from: label rows of classes with the same name are copied ('auto', "
+     "default) or as a JSON file maps new -> source classes (names or indices); others start at the mean row"),
+    ("--freeze", "freeze", str, "keep these parameters fixed: comma-separated name patterns, e.g. "
+     "blocks.0-5,x_embedder (a trailing range expands; globs work)"),
     ("--device", "device", str, "auto (default), cpu, cuda"),
     ("--precision", "precision", str, "auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 or fp32"),
 ]
@@ -116,10 +125,13 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     if args.config:
         base = json.loads(Path(args.config).read_text())
     out = Path(explicit.get("out", base.get("out", TrainConfig.out)))
-    if args.resume and (out / "config.json").is_file() and list_checkpoints(out):
+    resuming = bool(args.resume and (out / "config.json").is_file() and list_checkpoints(out))
+    if resuming:
         base = json.loads((out / "config.json").read_text())
     base = {k: v for k, v in base.items() if k in names}
     cfg = TrainConfig(**{**base, **explicit})
     if cfg.steps is None and cfg.epochs is None:
         cfg.steps = 1000
+    if cfg.init_from and not resuming:  # a resumed run continues from its own checkpoint
+        cfg = inherit(cfg, set(base) | set(explicit))
     return cfg, bool(args.resume)

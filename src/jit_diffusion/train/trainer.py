@@ -41,6 +41,7 @@ from .health import (
     out_of_memory_message,
     preempted,
 )
+from .init import freeze, init_weights, recorded_origin
 from .log import LogWindow, RunLog
 from .optim import build_optimizer, learning_rate, param_groups, set_learning_rate
 from .preview import PreviewGrid
@@ -80,7 +81,7 @@ class Trainer:
         self.objective = self.cfg.objective()
         self.augment = Augment(self.objective, seed=cfg.seed, null_label=self.num_classes)
         self.use_bf16 = use_bf16(self.device, cfg.precision)
-        self.step = 0
+        self.step, self.origin = 0, None
         ckpt = read_resume(self.resume_from, self.cfg) if self.resume_from is not None else None
         self._setup_model(ckpt)
         if ckpt is not None:
@@ -128,6 +129,10 @@ class Trainer:
         self.model.grad_checkpointing = cfg.grad_checkpointing
         if ckpt is not None:
             self.model.load_state_dict(ckpt["model"], strict=True)  # full weights, before any sharding
+            self.origin = recorded_origin(self.run_dir)
+        elif cfg.init_from:
+            self.origin = init_weights(self.model, cfg, self.class_names)  # the EMAs start at these weights
+        freeze(self.model, cfg.freeze)  # before DDP/FSDP and the optimizer, which skip frozen parameters
         self.raw_model = self.model
         self.sharded = self.dist.enabled and cfg.fsdp
         if cfg.compile:
@@ -284,7 +289,7 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch, "world_size": self.dist.world_size,
             "num_classes": self.num_classes, "class_names": self.class_names,
             "model_config": dataclasses.asdict(self.raw_model.config),
-            "params": self.raw_model.num_params(), "device": str(self.device),
+            "params": self.raw_model.num_params(), "device": str(self.device), "init_from": self.origin,
         }  # fmt: skip
 
     def _after_step(self, lr: float) -> bool:

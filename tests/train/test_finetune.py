@@ -1,0 +1,156 @@
+"""Fine-tuning (``jit train --init-from``): class maps and the null row, pos-embed/RoPE at a new size,
+--freeze, --lr 0, impossible changes, and exact resume of a fine-tuned run."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_image_folder
+
+from jit_diffusion import cli
+from jit_diffusion.formats.checkpoint import latest_checkpoint, read_checkpoint, training_weights, weights_digest
+from jit_diffusion.models.jit import JiT
+from jit_diffusion.models.layers import sincos_pos_embed_2d
+from jit_diffusion.train.init import class_rows, label_table
+
+TINY = ["--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "2", "--ema", "0.9,0.5", "--log-every", "2",
+        "--sample-every", "0", "--keep-last", "10"]  # fmt: skip
+TABLE = "y_embedder.embedding_table.weight"
+
+
+def _train(*args) -> int:
+    return cli.main(["train", *TINY, *[str(a) for a in args]])
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> dict:
+    """A 4-class JiT-Ti/4 run at 16 px (3 steps) and its data."""
+    root = tmp_path_factory.mktemp("source")
+    data = make_image_folder(root / "data")
+    run = root / "run"
+    assert _train("--model", "JiT-Ti/4", "--img-size", 16, "--data", data, "--steps", 3, "--out", run) == 0
+    ckpt = read_checkpoint(latest_checkpoint(run))
+    return {"run": run, "data": data, "ckpt": ckpt, "ema1": training_weights(ckpt, "ema1")}
+
+
+def _weights(run: Path) -> dict:
+    ckpt = read_checkpoint(latest_checkpoint(run))
+    return {"model": ckpt["model"], **ckpt["ema"], "step": ckpt["step"]}
+
+
+def _renamed_folder(root: Path) -> Path:
+    """The source's classes 3, 0, 2 (3 renamed ``a_three``) and a new class ``z_new``, 16 px."""
+    data = make_image_folder(root, num_classes=4)
+    for old, new in (("class_3", "a_three"), ("class_1", "z_new")):
+        (data / old).rename(data / new)
+    return data
+
+
+def test_class_map_copies_rows_and_moves_the_null_row(source, tmp_path):
+    data = _renamed_folder(tmp_path / "renamed")  # classes: a_three, class_0, class_2, z_new
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({"a_three": "class_3", "class_0": "class_0", "2": 2}))
+    old = source["ema1"][TABLE]  # (5, D): class_0..class_3, null
+    for class_map, copied in (("auto", {1: 0, 2: 2}), (mapping, {0: 3, 1: 0, 2: 2})):
+        run = tmp_path / f"run_{len(copied)}"
+        assert _train("--init-from", source["run"], "--data", data, "--lr", 0, "--steps", 1, "--class-map",
+                      class_map, "--out", run) == 0  # fmt: skip
+        for weights in _weights(run).values():
+            if isinstance(weights, dict):
+                table = weights[TABLE]
+                assert table.shape == old.shape
+                for new in range(4):
+                    want = old[copied[new]] if new in copied else old[:4].mean(dim=0)
+                    assert torch.equal(table[new], want), (class_map, new)
+                assert torch.equal(table[4], old[4])  # the null row at the new null index
+    record = json.loads((run / "config.json").read_text())["resolved"]["init_from"]
+    assert record["class_rows"] == {"a_three": "class_3", "class_0": "class_0", "class_2": "class_2"}
+    assert record["weights"] == "ema1" and record["step"] == 3
+    assert record["weights_sha256"] == weights_digest(source["ema1"])
+
+
+def test_flat_folder_keeps_the_null_row(source, tmp_path):
+    data = make_image_folder(tmp_path / "flat", flat=True)
+    run = tmp_path / "run"
+    assert _train("--init-from", source["run"], "--data", data, "--lr", 0, "--steps", 1, "--out", run) == 0
+    table = _weights(run)["ema1"][TABLE]
+    assert table.shape[0] == 1 and torch.equal(table[0], source["ema1"][TABLE][4])
+
+
+def test_label_table_without_source_classes_uses_the_null_row():
+    old = torch.randn(1, 6)  # an unconditional source: only the null row
+    table = label_table(old, class_rows(["a", "b"], [], "auto"), 2)
+    assert torch.equal(table, old.expand(3, -1))
+
+
+def test_lr_zero_keeps_the_weights_bitwise(source, tmp_path):
+    run = tmp_path / "run"
+    assert _train("--init-from", source["run"], "--data", source["data"], "--lr", 0, "--steps", 2, "--out", run) == 0
+    got = _weights(run)
+    assert got["step"] == 2
+    for key in ("model", "ema1", "ema2"):
+        for name, tensor in got[key].items():
+            assert torch.equal(tensor, source["ema1"][name]), (key, name)
+
+
+def test_new_size_recomputes_pos_embed_and_rope(source, tmp_path):
+    """Fine-tuned at 24 px (--lr 0): the same outputs as a fresh 24 px JiT carrying the source's weights."""
+    data = make_image_folder(tmp_path / "data24", size=24)
+    run = tmp_path / "run"
+    assert _train("--init-from", source["run"], "--init-weights", "raw", "--data", data, "--img-size", 24,
+                  "--lr", 0, "--steps", 1, "--out", run) == 0  # fmt: skip
+    ckpt = read_checkpoint(latest_checkpoint(run))
+    assert ckpt["model_config"]["input_size"] == 24
+    tuned = JiT(**ckpt["model_config"])
+    tuned.load_state_dict(ckpt["model"], strict=True)
+    fresh = JiT(**{**source["ckpt"]["model_config"], "input_size": 24})
+    weights = {k: v for k, v in source["ckpt"]["model"].items() if k != "pos_embed"}
+    assert fresh.load_state_dict(weights, strict=False).missing_keys == ["pos_embed"]
+    assert torch.equal(tuned.pos_embed[0], sincos_pos_embed_2d(192, 6))
+    for name in ("rope_cos", "rope_sin", "rope_ic_cos", "rope_ic_sin"):
+        assert torch.equal(getattr(tuned, name), getattr(fresh, name))
+    assert tuned.rope_cos.shape[-2] == 36  # a 6 x 6 grid
+    torch.manual_seed(1)
+    z, t, y = torch.randn(3, 3, 24, 24), torch.rand(3), torch.tensor([0, 3, 4])
+    with torch.no_grad():
+        out = tuned.eval()(z, t, y)
+        assert torch.equal(out, fresh.eval()(z, t, y))
+    assert out.abs().max() > 0  # the trained output layer is not zero
+
+
+def test_freeze_and_resume_of_a_finetuned_run(source, tmp_path):
+    """Frozen parameters stay bitwise equal to the loaded weights; 2 steps + resume == 4 steps."""
+    common = ["--init-from", source["run"], "--data", source["data"], "--freeze", "blocks.0-1,x_embedder",
+              "--ckpt-every", 2]  # fmt: skip
+    assert _train(*common, "--steps", 4, "--out", tmp_path / "full") == 0
+    assert _train(*common, "--steps", 2, "--out", tmp_path / "part") == 0
+    assert _train(*common, "--steps", 4, "--out", tmp_path / "part", "--resume") == 0
+    full, part = _weights(tmp_path / "full"), _weights(tmp_path / "part")
+    assert full["step"] == part["step"] == 4
+    moved = 0
+    for key in ("model", "ema1", "ema2"):
+        for name, tensor in full[key].items():
+            assert torch.equal(tensor, part[key][name]), (key, name)
+            frozen = name.startswith(("blocks.0.", "blocks.1.", "x_embedder."))
+            same = torch.equal(tensor, source["ema1"][name])
+            assert same or not frozen, (key, name)
+            moved += not same
+    assert moved > 50  # the other parameters trained
+    record = json.loads((tmp_path / "part" / "config.json").read_text())
+    assert record["resolved"]["init_from"]["weights_sha256"] == weights_digest(source["ema1"])
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    (["--model", "JiT-S/4"], ["hidden_size 192", "384"]),
+    (["--model", "JiT-Ti/8", "--img-size", "16"], ["patch_size 4", "8"]),
+    (["--bottleneck", "32"], ["bottleneck_dim 64", "32"]),
+    (["--freeze", "blocks.9"], ["--freeze", "blocks.9"]),
+    (["--class-map", "missing.json"], ["--class-map", "missing.json"]),
+])  # fmt: skip
+def test_impossible_changes_are_one_line(source, tmp_path, capsys, extra, words):
+    run = tmp_path / "run"
+    assert _train("--init-from", source["run"], "--data", source["data"], "--steps", 1, "--out", run, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+    assert not (run / "checkpoints").exists()
