@@ -2,6 +2,9 @@
 --freeze, --lr 0, impossible changes, and exact resume of a fine-tuned run."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from jit_diffusion.train.init import class_rows, label_table
 TINY = ["--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "2", "--ema", "0.9,0.5", "--log-every", "2",
         "--sample-every", "0", "--keep-last", "10"]  # fmt: skip
 TABLE = "y_embedder.embedding_table.weight"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _train(*args) -> int:
@@ -154,3 +158,39 @@ def test_impossible_changes_are_one_line(source, tmp_path, capsys, extra, words)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and all(w in err for w in words), err
     assert not (run / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("fmt", ["jit", "diffusers-b"])
+def test_init_from_an_export_or_diffusers_folder_inherits_its_settings(source, tmp_path, fmt):
+    """The preset, image size and flow settings come from the source; --lr 0 keeps its weights."""
+    folder = tmp_path / "converted"
+    assert cli.main(["convert", str(source["run"]), str(folder), "--format", fmt, "--weights", "ema2"]) == 0
+    run = tmp_path / "run"
+    assert cli.main(["train", "--init-from", str(folder), "--data", str(source["data"]), "--lr", "0", "--steps", "1",
+                     "--batch-size", "8", "--sample-every", "0", "--out", str(run)]) == 0  # fmt: skip
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["model"], saved["img_size"], saved["bottleneck_dim"]) == ("JiT-Ti/4", 16, 64)
+    assert saved["resolved"]["init_from"]["path"] == str(folder)
+    want = training_weights(source["ckpt"], "ema2")
+    for name, tensor in _weights(run)["ema1"].items():
+        assert torch.equal(tensor, want[name]), name
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_when_fine_tuning(source, tmp_path):
+    """torchrun with 2 gloo processes == 1 process for a fine-tuned run with frozen blocks (to 1e-5, as
+    tests/train/test_train.py's test_two_processes_match_one); the frozen blocks stay bitwise."""
+    common = ["train", *TINY, "--init-from", str(source["run"]), "--data", str(source["data"]), "--steps", "4",
+              "--freeze", "blocks.0-2", "--label-drop", "0.3"]  # fmt: skip
+    assert cli.main([*common, "--out", str(tmp_path / "one")]) == 0
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "jit_diffusion.cli", *common, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=ENV, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for key in ("model", "ema1", "ema2"):
+        worst = max((one[key][k] - two[key][k]).abs().max().item() for k in one[key])
+        assert worst < 1e-5, (key, worst)
+        for name in one[key]:
+            if name.startswith(("blocks.0.", "blocks.1.", "blocks.2.")):
+                assert torch.equal(two[key][name], source["ema1"][name]), (key, name)
