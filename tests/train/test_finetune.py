@@ -194,3 +194,16 @@ def test_two_processes_match_one_when_fine_tuning(source, tmp_path):
         for name in one[key]:
             if name.startswith(("blocks.0.", "blocks.1.", "blocks.2.")):
                 assert torch.equal(two[key][name], source["ema1"][name]), (key, name)
+
+
+def test_a_pmf_source_is_one_line(source, tmp_path, capsys):
+    from jit_diffusion.formats.pmf_official import to_official_keys
+    from jit_diffusion.models.pmf import PMF
+
+    folder = tmp_path / "pmf.pt"  # an official pMF state dict
+    model = PMF(input_size=16, patch_size=4, hidden_size=48, depth=2, num_heads=2, aux_head_depth=1, num_classes=4)
+    torch.save(to_official_keys(model), folder)
+    run = tmp_path / "run"
+    assert _train("--init-from", folder, "--data", source["data"], "--steps", 1, "--out", run) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pmf" in err and str(folder) in err, err
