@@ -78,8 +78,8 @@ def test_muon_for_jit_and_unlabelled_data_are_refused(tmp_path, capsys):
 
 def _config(tmp_path, name, **fields) -> TrainConfig:
     given = dict(model="pMF-Ti/4", img_size=16, batch_size=8, steps=4, ckpt_every=2, sample_every=0, label_drop=0.3,
-                 ema_half_lives=[0.01, 0.1], out=str(tmp_path / name), data=str(tmp_path / "data"), **fields)
-    return TrainConfig(**with_family_defaults(given))
+                 ema_half_lives=[0.01, 0.1], out=str(tmp_path / name), data=str(tmp_path / "data"))
+    return TrainConfig(**with_family_defaults({**given, **fields}))
 
 
 @pytest.mark.slow
