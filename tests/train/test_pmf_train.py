@@ -151,18 +151,33 @@ def _raw_losses(model, objective: PMFObjective, x, labels) -> float:
     return total
 
 
+class MeanImage(torch.nn.Module):
+    """A baseline network that always predicts the mean image: u = v = (z - mean) / t, du/dt = 0."""
+
+    num_classes = 4
+
+    def __init__(self, mean: torch.Tensor):
+        super().__init__()
+        self.mean = mean
+
+    def forward(self, z, t, h, omega, t_min, t_max, y, heads=None, jvp_tangent=None):
+        u = (z - self.mean.expand_as(z)) / t.clamp(0.05, 1.0).view(-1, 1, 1, 1)
+        return (u, u, torch.zeros_like(u)) if jvp_tangent is not None else (u, u)
+
+
 @pytest.mark.slow
 def test_loss_falls_on_a_tiny_dataset(tmp_path):
-    """30 Muon steps on 4 classes of 8 images: the raw u + v errors on held draws fall well below their start."""
+    """30 Muon steps (lr 1e-2) on 4 classes of 8 images: the raw u + v errors on held draws fall below a
+    third of their start and below those of predicting the data's mean image (2244 -> 617; mean 786)."""
     make_image_folder(tmp_path / "data")
-    trainer = Trainer(_config(tmp_path, "run", steps=30, ckpt_every=30, log_every=10))
-    images = torch.stack([trainer.dataset[i][0] for i in range(16)])
-    x = images.float() / 127.5 - 1
+    trainer = Trainer(_config(tmp_path, "run", steps=30, ckpt_every=30, log_every=10, lr=1e-2))
+    x = torch.stack([trainer.dataset[i][0] for i in range(16)]).float() / 127.5 - 1
     labels = torch.tensor([trainer.dataset[i][1] for i in range(16)])
     objective = trainer.objective
     before = _raw_losses(trainer.raw_model, objective, x, labels)
+    mean_image = _raw_losses(MeanImage(x.mean(0, keepdim=True)), objective, x, labels)
     trainer.run()
     trainer.close()
     after = _raw_losses(trainer.raw_model, objective, x, labels)
-    print(f"raw u + v error: {before:.1f} -> {after:.1f}")
-    assert after < 0.5 * before, (before, after)
+    print(f"raw u + v error: {before:.1f} -> {after:.1f} (mean image: {mean_image:.1f})")
+    assert after < min(before / 3, mean_image), (before, after, mean_image)
