@@ -7,7 +7,8 @@ optax's sqrt(max(1, fan_out / fan_in)) of the transposed (in, out) kernel; the l
 way in both, gets optax's scale sqrt(max(1, H / rows)) through a per-group ``lr_scale``. Adam with Nesterov
 momentum is ``torch.optim.NAdam`` with a constant momentum (an infinite momentum_decay); plain AdamW is the
 alternative. Differences left: torch runs Newton-Schulz in bf16 on accelerators (optax in the parameter
-dtype; on a CPU, where bf16 matmuls are ~20x slower than fp32, it runs here in fp32) and has no bias correction of the momentum (optax has; it only changes the first few steps' mix of gradient and momentum).
+dtype; on a CPU, where bf16 matmuls are ~20x slower than fp32, it runs here in fp32) and has no bias
+correction of the momentum (optax has; it only changes the first few steps' mix of gradient and momentum).
 
 EMA: the EDM half-life rule, beta = 0.5^(batch / max(min(halflife_kimg * 1000, step * batch * 0.05), 1e-8)).
 """
