@@ -112,9 +112,9 @@ def test_resume_is_bitwise_identical(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_and_accumulation_match_one(tmp_path):
-    """torchrun with 2 gloo processes (DDP: the JVP is inside the model's forward) and --grad-accum 2 give
-    the weights of one process on the same global batch, to float rounding; the draws (flow-matching
-    half, first-n class dropout) are decided over the global batch."""
+    """torchrun with 2 gloo processes (DDP: the JVP is inside the model's forward; FSDP2 with a resume) and
+    --grad-accum 2 give the weights of one process on the same global batch, to float rounding; the draws
+    (flow-matching half, first-n class dropout) are decided over the global batch."""
     data = make_image_folder(tmp_path / "data")
     common = [*TINY, "--data", str(data), "--steps", "3", "--ckpt-every", "3"]
 
@@ -123,16 +123,21 @@ def test_two_processes_and_accumulation_match_one(tmp_path):
                              capture_output=True, text=True, env=ENV, timeout=600)  # fmt: skip
         assert res.returncode == 0, res.stderr[-3000:]
 
+    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m")
     run("--out", str(tmp_path / "one"))
     run("--grad-accum", "2", "--out", str(tmp_path / "accum"))
-    run("--out", str(tmp_path / "two"), launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                                                  "2", "-m"))  # fmt: skip
+    run("--out", str(tmp_path / "two"), launcher=torchrun)
+    # FSDP2 (AdamW: Muon needs whole matrices): 2 steps, then a resume from full tensors to 3
+    run("--optimizer", "adamw", "--out", str(tmp_path / "one_adamw"))
+    run("--optimizer", "adamw", "--fsdp", "--steps", "2", "--out", str(tmp_path / "fsdp"), launcher=torchrun)
+    run("--optimizer", "adamw", "--fsdp", "--resume", "--out", str(tmp_path / "fsdp"), launcher=torchrun)
     ref = _final(tmp_path / "one")
     assert _final(tmp_path / "two")["ckpt"]["world_size"] == 2
-    for name in ("two", "accum"):
+    for name, reference in (("two", ref), ("accum", ref), ("fsdp", _final(tmp_path / "one_adamw"))):
         other = _final(tmp_path / name)
+        assert other["step"] == 3
         for key in ("model", "ema1", "ema2"):
-            worst = max((ref[key][k] - other[key][k]).abs().max().item() for k in ref[key])
+            worst = max((reference[key][k] - other[key][k]).abs().max().item() for k in reference[key])
             print(f"{name} vs one process, {key}: max abs diff {worst:.2e}")
             assert worst < 1e-5, (name, key, worst)
     torch.manual_seed(0)  # the trainer seeds with --seed before building the model

@@ -234,11 +234,12 @@ def validate_family(cfg: TrainConfig, world_size: int) -> None:
         "--cuda-graph": (cfg.cuda_graph, "its step (forward-mode JVP, Muon) is not captured"),
         "--compile": (bool(cfg.compile), "its forward-mode JVP runs eagerly"),
         "--grad-checkpointing": (cfg.grad_checkpointing, "not with the forward-mode JVP"),
-        "--fsdp": (cfg.fsdp and world_size > 1, "not yet: use DDP (plain torchrun)"),
     }  # fmt: skip
     for flag, (given, why) in jit_only.items():
         if given:
             raise UserError(f"{flag} is not available for pMF models ({cfg.model}): {why}")
     cfg.objective()  # the objective's own range checks, named by flag
+    if cfg.optimizer == "muon" and cfg.fsdp and world_size > 1:
+        raise UserError("--fsdp with --optimizer muon: Muon orthogonalises whole matrices; use --optimizer adamw")
     if cfg.optimizer == "muon" and cfg.weight_decay:
         raise UserError("--weight-decay: the pMF recipe's Muon has no weight decay; use --optimizer adamw")

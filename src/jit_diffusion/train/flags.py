@@ -80,7 +80,7 @@ PMF_EPILOG = ("pMF models (--model pMF-Ti/4 ... pMF-H/32) train with the pMF obj
               "--optimizer muon --lr 1e-3 constant without warm-up, --ema-half-lives 500,1000,2000, and sample "
               "grids with the preset's public guidance (--sample-cfg = omega, --sample-interval in our time, "
               "--sample-steps 1). Not for pMF: --prediction/--loss, dropout, --cuda-graph, --compile, "
-              "--grad-checkpointing, --fsdp.")
+              "--grad-checkpointing; --fsdp shards the whole network as one unit and needs --optimizer adamw.")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -136,8 +136,8 @@ class Trainer:
         if cfg.compile:
             self.model.compile_model(compile_scope(self.sharded))
         self.train_model: nn.Module = self.model
-        if self.sharded:
-            self.train_model = apply_fsdp(self.model)
+        if self.sharded:  # pMF: one unit, the root (FSDP2's per-block input hooks have no forward-AD rule)
+            self.train_model = apply_fsdp(self.model, None if cfg.family == "jit" else [])
         elif self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
