@@ -58,6 +58,8 @@ def test_family_defaults_only_where_not_given():
     (["--ema", "0.9"], "give --ema (fixed decays) or --ema-half-lives (EDM rule), not both"),
     (["--fm-fraction", "1.5"], "data_proportion must lie in [0, 1], got 1.5"),
     (["--model", "pMF-Q/3"], "--model: unknown pMF preset 'pMF-Q/3'"),
+    (["--sample-cfg", "0.5"], "--sample-cfg: the pMF guidance weight omega must be >= 1, got 0.5"),
+    (["--sample-interval", "0.8,0.2"], "--sample-interval: guidance interval must satisfy 0 <= a <= b <= 1"),
 ])  # fmt: skip
 def test_bad_flags_are_one_line_errors_before_any_work(tmp_path, capsys, flags, needle):
     data = make_image_folder(tmp_path / "data", num_classes=2, per_class=4)

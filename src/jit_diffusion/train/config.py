@@ -12,7 +12,7 @@ from ..core.device import check_precision
 from ..core.errors import UserError
 from ..diffusion.flow import SPACES, FlowMatching
 from ..diffusion.meanflow import PMFObjective
-from ..diffusion.pmf_sampling import our_interval
+from ..diffusion.pmf_sampling import network_interval, our_interval
 from ..diffusion.sampling import METHODS
 from ..models.config import JiTConfig, preset_config
 from ..models.jit import JiT
@@ -239,6 +239,12 @@ def validate_family(cfg: TrainConfig, world_size: int) -> None:
         if given:
             raise UserError(f"{flag} is not available for pMF models ({cfg.model}): {why}")
     cfg.objective()  # the objective's own range checks, named by flag
+    if cfg.sample_cfg < 1.0:
+        raise UserError(f"--sample-cfg: the pMF guidance weight omega must be >= 1, got {cfg.sample_cfg}")
+    try:
+        network_interval(cfg.sample_interval)
+    except ValueError as err:
+        raise UserError(f"--sample-interval: {err}") from None
     if cfg.optimizer == "muon" and cfg.fsdp and world_size > 1:
         raise UserError("--fsdp with --optimizer muon: Muon orthogonalises whole matrices; use --optimizer adamw")
     if cfg.optimizer == "muon" and cfg.weight_decay:
