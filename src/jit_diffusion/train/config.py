@@ -223,9 +223,9 @@ def validate_family(cfg: TrainConfig, world_size: int) -> None:
         raise UserError("give --ema (fixed decays) or --ema-half-lives (EDM rule), not both")
     if any(h <= 0 for h in cfg.ema_half_lives):
         raise UserError(f"--ema-half-lives must be positive (kimg), got {cfg.ema_half_lives}")
-    if cfg.ema_half_lives and cfg.cuda_graph:
-        raise UserError("--ema-half-lives with --cuda-graph: a captured step keeps fixed EMA decays; use --ema")
     if cfg.family == "jit":
+        if cfg.ema_half_lives and cfg.cuda_graph:
+            raise UserError("--ema-half-lives with --cuda-graph: a captured step keeps fixed EMA decays; use --ema")
         if cfg.optimizer == "muon":
             raise UserError("--optimizer muon is for pMF models (--model pMF-...); JiT trains with adamw")
         return
