@@ -3,6 +3,11 @@
     python benchmarks/bench_train.py --model JiT-B/16 --batch-size 128 --compile blocks --kernels off  # before
     python benchmarks/bench_train.py --model JiT-B/16 --batch-size 128 --compile model --cuda-graph   # fast path
     python benchmarks/bench_train.py --model JiT-Ti/4 --batch-size 64 --device cpu --profile 2       # CPU
+    python benchmarks/bench_train.py --model pMF-Ti/4 --batch-size 32 --device cpu --threads 1       # pMF step
+
+A pMF model (--model pMF-...) runs the pMF objective (v-head target, forward-mode JVP, u and v losses) with
+its recipe's optimizer (Muon + Nesterov Adam, or --optimizer adamw) and EDM EMAs; compare it with the JiT
+preset of the same width and patch (pMF-Ti/4 vs JiT-Ti/4) at the same batch. MFU is JiT's only.
 
 Prints img/s, ms/step, MFU (against the datasheet bf16 peak, or --peak-tflops) and peak memory.
 Warm-up steps (compilation and the CUDA-graph capture included) are excluded from the timing.
@@ -23,6 +28,7 @@ from profile_buckets import EMA_LABEL, RNG_LABEL, bucket_trace, format_table, la
 
 from jit_diffusion.core import kernels
 from jit_diffusion.models.flops import forward_macs, peak_tflops, train_flops_per_image
+from jit_diffusion.train.config import with_family_defaults
 from jit_diffusion.train.trainer import TrainConfig, Trainer, model_config
 
 
@@ -47,16 +53,20 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--label", default=None, help="name of this configuration in the output")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: datasheet bf16)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    p.add_argument("--optimizer", default=None, choices=("adamw", "muon"), help="default: the family's")
     return p.parse_args()
 
 
 def build_step(args: argparse.Namespace):
     """The trainer and a zero-argument function running one optimizer step on a fixed batch."""
     kernels.set_mode(args.kernels)
-    cfg = TrainConfig(model=args.model, img_size=args.img_size, batch_size=args.batch_size, steps=10**9,
-                      lr=1e-4, warmup_steps=0, device=args.device, precision=args.precision, compile=False,
-                      cuda_graph=args.cuda_graph, grad_checkpointing=args.grad_checkpointing, sample_every=0,
-                      out="/tmp/jit-bench-unused")  # fmt: skip
+    given = dict(model=args.model, img_size=args.img_size, batch_size=args.batch_size, steps=10**9, lr=1e-4,
+                 warmup_steps=0, device=args.device, precision=args.precision, compile=False,
+                 cuda_graph=args.cuda_graph, grad_checkpointing=args.grad_checkpointing, sample_every=0,
+                 out="/tmp/jit-bench-unused")  # fmt: skip
+    if args.optimizer:
+        given["optimizer"] = args.optimizer
+    cfg = TrainConfig(**with_family_defaults(given))  # pMF: its objective, optimizer and EMAs
     size = model_config(cfg, args.num_classes).input_size
     data = SyntheticDataset(args.batch_size, size, args.num_classes)
     trainer = Trainer(cfg, dataset=data)
@@ -100,15 +110,18 @@ def main() -> None:
     sec = statistics.median(times)
     mc = trainer.raw_model.config
     img_s = args.batch_size / sec
-    flops = train_flops_per_image(mc) * img_s
-    peak = args.peak_tflops or peak_tflops(device_name(device))
-    print(f"model {args.model} @ {mc.input_size}px, {trainer.raw_model.num_params() / 1e6:.2f}M params, "
-          f"{forward_macs(mc) / 1e9:.2f} G multiply-adds per image forward")
+    jit = trainer.cfg.family == "jit"
+    flops = train_flops_per_image(mc) * img_s if jit else 0.0
+    peak = (args.peak_tflops or peak_tflops(device_name(device))) if jit else None
+    macs = f", {forward_macs(mc) / 1e9:.2f} G multiply-adds per image forward" if jit else ""
+    print(f"model {args.model} @ {mc.input_size}px, {trainer.raw_model.num_params() / 1e6:.2f}M params{macs}")
     print(f"batch {args.batch_size}, {device_name(device)}, precision {args.precision}, compile {args.compile}, "
-          f"kernels {kernels.get_mode()}, cuda graph {graphed is not None and graphed.graph is not None}")
+          f"kernels {kernels.get_mode()}, cuda graph {graphed is not None and graphed.graph is not None}, "
+          f"optimizer {trainer.cfg.optimizer}")
     label = f"[{args.label}] " if args.label else ""
-    print(f"train: {label}{img_s:.1f} img/s, {sec * 1e3:.1f} ms/step (median of {args.steps}), "
-          f"{flops / 1e12:.2f} TFLOP/s" + (f", MFU {100 * flops / (peak * 1e12):.1f}% of {peak:.0f}" if peak else ""))
+    print(f"train: {label}{img_s:.1f} img/s, {sec * 1e3:.1f} ms/step (median of {args.steps})"
+          + (f", {flops / 1e12:.2f} TFLOP/s" if jit else "")
+          + (f", MFU {100 * flops / (peak * 1e12):.1f}% of {peak:.0f}" if peak else ""))
     if device.type == "cuda":
         print(f"peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
     if args.profile:

@@ -7,7 +7,9 @@
 #   4. Heun-50 CFG 2.9 sampling at batch 128 (static shapes), then 256/512/128 (one dynamic-batch graph);
 #   5. the CLI as users run it: `jit eval` of 1,024 images of a random-weight export, timed end to end
 #      (compile included; --metrics none, so it is generation only);
-#   6. if time is left, the fast training path with the PyTorch ops instead of the Triton kernels.
+#   6. if time is left, the fast training path with the PyTorch ops instead of the Triton kernels;
+#   7. if time is left, a pMF-B/16 training step (pMF objective, JVP, Muon, EDM EMAs; eager) against the
+#      JiT-B/16 step of the same batch and precision, also eager (pMF runs without compile).
 # Each step is cut at its own limit and at the overall budget, so the script always ends in time.
 # Logs (one file per step), traces and summary.txt go to ${OUT:-/tmp/jit-gpu}.
 #   bash benchmarks/gpu_session.sh
@@ -45,9 +47,11 @@ cat "$out/gpu.txt"
 if [[ ${SMOKE:-0} == 1 ]]; then
   MODEL=(--model JiT-Ti/4 --img-size 16 --device cpu) TRAIN=(--batch-size 8 --steps 2 --warmup 1 --profile 1)
   SAMPLE=(--steps 3) BATCHES=(8 8,16) COMPILE=none EXPORT=JiT-Ti/4 EVAL=(--num 16 --steps 3 --device cpu)
+  PMF=(--model pMF-Ti/4 --img-size 16 --device cpu) JIT_SAME=(--model JiT-Ti/4 --img-size 16 --device cpu)
 else
   MODEL=(--model JiT-B/16) TRAIN=(--batch-size 128 --steps 20 --warmup 5 --profile 3) SAMPLE=()
   BATCHES=(128 256,512,128) COMPILE=model EXPORT=JiT-B/16 EVAL=(--num 1024 --steps 50)
+  PMF=(--model pMF-B/16) JIT_SAME=(--model JiT-B/16)
 fi
 step tests 100 $PY -m pytest -p no:cacheprovider -m "not slow" ../tests/test_fast_path.py ../tests/test_rng.py \
   ../tests/test_graphed_step.py
@@ -68,6 +72,8 @@ step eval_cli 150 bash -c 'TIMEFORMAT="eval_cli: %R s end to end"; time "$@"' _ 
 # last, if time is left: the fast path without the Triton kernels (what the fused kernels add under compile)
 step train_after_no_kernels 150 $PY bench_train.py "${MODEL[@]}" "${TRAIN[@]}" --compile $COMPILE --cuda-graph \
   --kernels off --trace-dir "$out/traces" --label after-no-kernels
+step train_pmf 150 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" --profile 0 --kernels off --label pmf
+step train_jit_eager 120 $PY bench_train.py "${JIT_SAME[@]}" "${TRAIN[@]}" --profile 0 --kernels off --label jit-eager
 grep -h -E "passed|failed|error|PASS|FAIL|^train:|^sample:|^eval_cli:|peak memory|^profile|^  [a-z+]+ +[0-9.]+ ms" \
   "$out"/tests.txt "$out"/fast_path.txt "$out"/train_*.txt "$out"/sample_*.txt "$out"/eval_cli.txt 2>/dev/null \
   | tee "$out/summary.txt"

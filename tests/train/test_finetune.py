@@ -150,6 +150,7 @@ def test_freeze_and_resume_of_a_finetuned_run(source, tmp_path):
     (["--model", "JiT-Ti/8", "--img-size", "16"], ["patch_size 4", "8"]),
     (["--bottleneck", "32"], ["bottleneck_dim 64", "32"]),
     (["--freeze", "blocks.9"], ["--freeze", "blocks.9"]),
+    (["--model", "pMF-Ti/4"], ["--model pMF-Ti/4", "JiT presets"]),
     (["--class-map", "missing.json"], ["--class-map", "missing.json"]),
 ])  # fmt: skip
 def test_impossible_changes_are_one_line(source, tmp_path, capsys, extra, words):

@@ -116,3 +116,22 @@ def test_adam_part_is_optax_nesterov_adam():
         m_hat = b1 * m / (1 - b1 ** (k + 1)) + (1 - b1) * g / (1 - b1**k)  # optax nesterov=True
         reference -= 0.1 * m_hat / ((v / (1 - b2**k)).sqrt() + 1e-8)
         assert torch.allclose(param.detach().double(), reference, atol=1e-6)
+
+
+def test_newton_schulz_fp32_matches_torch_muon_and_runs_on_cpu_steps():
+    """The CPU route computes torch.optim.Muon's orthogonalisation (bf16 there) in fp32; MuonWithAdam uses it
+    for CPU parameters only during its step."""
+    from torch.optim import _muon
+
+    from jit_diffusion.train.pmf_optim import newton_schulz_fp32
+
+    torch.manual_seed(0)
+    for shape in ((48, 16), (16, 48)):
+        g = torch.randn(shape)
+        ours = newton_schulz_fp32(g, (3.4445, -4.7750, 2.0315), 5, 1e-7)
+        theirs = _muon._zeropower_via_newtonschulz(g, (3.4445, -4.7750, 2.0315), 5, 1e-7).float()
+        assert ours.dtype == torch.float32 and ours.shape == shape
+        assert (ours - theirs).norm() / theirs.norm() < 0.02
+        singular = torch.linalg.svdvals(ours)
+        assert singular.min() > 0.5 and singular.max() < 1.5  # orthogonal up to the quintic's band
+    assert _muon._zeropower_via_newtonschulz is not newton_schulz_fp32  # restored after any step

@@ -9,6 +9,8 @@ without FSDP and on another number of processes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -19,11 +21,12 @@ except ImportError:  # pragma: no cover - older torch
     distribute_tensor = None
 
 
-def apply_fsdp(model: nn.Module) -> nn.Module:
-    """Shard each transformer block, then the rest of the model (in place); returns the model."""
+def apply_fsdp(model: nn.Module, blocks: Iterable[nn.Module] | None = None) -> nn.Module:
+    """Shard each transformer block (default ``model.blocks``), then the rest of the model (in place);
+    returns the model."""
     from torch.distributed.fsdp import fully_shard
 
-    for block in model.blocks:
+    for block in model.blocks if blocks is None else blocks:
         fully_shard(block)
     fully_shard(model)
     return model

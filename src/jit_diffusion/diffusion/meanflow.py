@@ -3,7 +3,7 @@
 Per image x with label y: two logit-normal times with t >= r (the first half of the global batch has
 r = t: flow-matching samples), z = (1 - t) x + t e, v_t = (z - x) / clip(t, 0.05, 1), a guidance weight
 omega with density 1/omega on [1, 1 + cfg_max] and an interval [t_min, t_max]. The guided target v_g comes
-from the model's own v head (no gradient); the JVP of u along (dz, dt, dr) = (v_c, 1, 0) gives du/dt and
+from the model's own v head (no gradient, 2B rows); the JVP of u along (dz, dt, dr) = (v_c, 1, 0) gives du/dt and
 V = u + (t - r) sg(du/dt). Loss per image: |V - v_g|^2 and |v - v_g|^2, each divided by sg(L + 0.01).
 
 Every random draw is a function of (seed, step, position in the global batch) (:mod:`rng`), including
@@ -126,21 +126,19 @@ class PMFObjective:
     @torch.no_grad()
     def guided_target(self, model, z, t, v_t, labels, draws: MeanFlowDraws, null_label: int):
         """(v_g, v_c): the guided velocity target and the conditional velocity (the JVP tangent), both from
-        the v head at h = 0 with the interval input [0, 1]. One forward of 3B rows: (y, omega),
-        (null, 1) and (y, w) with w = omega inside [t_min, t_max] and 1 outside."""
+        the v head at h = 0 with the interval input [0, 1]: v_g = v_t + (1 - 1/w)(v_c - v_u), v_c at (y, w),
+        v_u at (null, 1), w = omega inside [t_min, t_max] and 1 outside. One forward of 2B rows: the public
+        code's third set, (y, omega) for the flow-matching images, equals (y, w) there (their interval is
+        [0, 1], so w = omega), and its result is used nowhere else."""
         B = z.shape[0]
-        inside = (t >= draws.t_min) & (t <= draws.t_max)
+        inside = draws.flow_matching | ((t >= draws.t_min) & (t <= draws.t_max))
         w = torch.where(inside, draws.omega, torch.ones_like(draws.omega))
         rows = lambda *parts: torch.cat(parts)  # noqa: E731
         zeros, ones = torch.zeros_like(t), torch.ones_like(t)
-        _, v_all = model(rows(z, z, z), rows(t, t, t), rows(zeros, zeros, zeros), rows(draws.omega, ones, w),
-                         rows(zeros, zeros, zeros), rows(ones, ones, ones),
-                         rows(labels, torch.full_like(labels, null_label), labels), heads="v")  # fmt: skip
-        v_c_full, v_u, v_c = v_all.to(v_t.dtype).split(B)
-        shape = (-1, 1, 1, 1)
-        v_g_fm = v_t + (1 - 1 / draws.omega).view(shape) * (v_c_full - v_u)
-        v_g = v_t + (1 - 1 / w).view(shape) * (v_c - v_u)
-        return torch.where(draws.flow_matching.view(shape), v_g_fm, v_g), v_c
+        _, v_all = model(rows(z, z), rows(t, t), rows(zeros, zeros), rows(w, ones), rows(zeros, zeros),
+                         rows(ones, ones), rows(labels, torch.full_like(labels, null_label)), heads="v")  # fmt: skip
+        v_c, v_u = v_all.to(v_t.dtype).split(B)
+        return v_t + (1 - 1 / w).view(-1, 1, 1, 1) * (v_c - v_u), v_c
 
     def per_sample_losses(self, model, x, labels, draws: MeanFlowDraws, null_label: int | None = None):
         """Per-image terms (B,): ``loss`` (weighted total), ``u``, ``v`` (raw squared errors) and any

@@ -3,6 +3,7 @@ the model it builds and the checks made before anything is loaded."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -10,8 +11,13 @@ import torch
 from ..core.device import check_precision
 from ..core.errors import UserError, check_count
 from ..diffusion.flow import SPACES, FlowMatching
+from ..diffusion.meanflow import PMFObjective
+from ..diffusion.pmf_sampling import network_interval, our_interval
 from ..diffusion.sampling import METHODS, check_interval, sampling_times
 from ..models.config import JiTConfig, preset_config
+from ..models.jit import JiT
+from ..models.pmf import PMF
+from ..models.pmf_config import PMF_DEFAULTS, PMFConfig, pmf_preset_config
 from .signals import DEFAULT_SIGNALS, parse_signals
 
 _OBJECTIVE = FlowMatching()  # the objective's defaults are the run's defaults
@@ -83,13 +89,30 @@ class TrainConfig:
     init_weights: str | None = None  # ema1, ema2 or raw (default: the source's default)
     class_map: str = "auto"  # new -> source classes: equal names, or a JSON file
     freeze: str | None = None  # comma-separated parameter name patterns kept fixed
+    # pMF (--model pMF-*; family defaults in family_defaults): guidance-weight law, flow-matching share, EMAs
+    cfg_max: float = 7.0  # omega ~ 1/omega on [1, 1 + cfg_max]
+    fm_fraction: float = 0.5  # share of the global batch with r = t
+    optimizer: str = "adamw"  # or muon (pMF: Muon on matrices, Nesterov Adam on the rest)
+    ema_half_lives: list[float] = field(default_factory=list)  # kimg, EDM rule each step (instead of ema_decays)
+
+    @property
+    def family(self) -> str:
+        """The model family, from the preset name: "pmf" for pMF-*, else "jit"."""
+        return model_family(self.model)
 
     def lr_value(self) -> float:
         """Peak learning rate: ``lr`` or ``blr * batch_size / 256``."""
         return self.lr if self.lr is not None else self.blr * self.batch_size / 256
 
-    def objective(self) -> FlowMatching:
-        """The flow-matching objective these settings describe."""
+    def objective(self) -> FlowMatching | PMFObjective:
+        """The objective these settings describe: flow matching (JiT) or the pMF objective."""
+        if self.family == "pmf":
+            try:
+                return PMFObjective(p_mean=self.p_mean, p_std=self.p_std, cfg_max=self.cfg_max,
+                                    noise_scale=self.noise_scale, data_proportion=self.fm_fraction,
+                                    class_dropout_prob=self.label_drop, t_clip=self.t_eps)  # fmt: skip
+            except ValueError as err:
+                raise UserError(f"--cfg-max/--fm-fraction/--label-drop/--p-std/--noise-scale: {err}") from None
         return FlowMatching(
             prediction=self.prediction, loss=self.loss, p_mean=self.p_mean, p_std=self.p_std, t_eps=self.t_eps,
             noise_scale=self.noise_scale, label_drop_prob=self.label_drop,
@@ -101,31 +124,69 @@ TRAJECTORY_FIELDS = {
     "model", "img_size", "bottleneck_dim", "attn_drop", "proj_drop", "data", "data_split", "prediction",
     "loss", "p_mean", "p_std", "noise_scale", "t_eps", "label_drop", "batch_size", "lr", "blr", "min_lr",
     "schedule", "warmup_epochs", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "ema_decays",
-    "seed", "freeze",
+    "seed", "cfg_max", "fm_fraction", "optimizer", "ema_half_lives", "freeze",
 }  # fmt: skip
 
 
-def model_config(cfg: TrainConfig, num_classes: int) -> JiTConfig:
+def model_family(model: str) -> str:
+    """"pmf" for a pMF preset name (pMF-...), "jit" otherwise."""
+    return "pmf" if model.startswith("pMF-") else "jit"
+
+
+def family_defaults(model: str) -> dict:
+    """The defaults of ``model``'s family where they differ from JiT's: for pMF the public recipe (B/16's
+    objective, Muon at lr 1e-3 constant without warm-up, EDM EMAs of 500/1000/2000 kimg) and the preset's
+    public sampling settings (omega, interval in our time, one step)."""
+    if model_family(model) != "pmf":
+        return {}
+    public = PMF_DEFAULTS.get(model, PMF_DEFAULTS["pMF-B/16"])
+    return dict(p_mean=0.8, p_std=0.8, noise_scale=public.noise_scale, lr=1e-3, warmup_epochs=0.0,
+                optimizer="muon", ema_decays=[], ema_half_lives=[500.0, 1000.0, 2000.0], sample_cfg=public.omega,
+                sample_interval=[round(v, 12) for v in our_interval(*public.interval)], sample_steps=1)  # fmt: skip
+
+
+def with_family_defaults(given: dict) -> dict:
+    """The fields the user gave plus the family's defaults for the ones not given (the only place where
+    defaults depend on --model). Giving --ema or --blr keeps the family's EMA half-lives or lr out."""
+    defaults = family_defaults(given.get("model", TrainConfig.model))
+    if "ema_decays" in given:
+        defaults["ema_half_lives"] = []
+    if "ema_half_lives" in given:
+        defaults["ema_decays"] = []
+    if "blr" in given:
+        defaults.pop("lr", None)
+    return {**{k: v for k, v in defaults.items() if k not in given}, **given}
+
+
+def model_config(cfg: TrainConfig, num_classes: int) -> JiTConfig | PMFConfig:
     """The preset's config with the run's overrides; errors name the flag."""
     overrides = dict(num_classes=num_classes, attn_drop=cfg.attn_drop, proj_drop=cfg.proj_drop)
+    if cfg.family == "pmf":  # no dropout; at least one class (the check of the data comes later)
+        overrides = dict(num_classes=max(1, num_classes))
     if cfg.img_size is not None:
         overrides["input_size"] = cfg.img_size
     if cfg.bottleneck_dim is not None:
         overrides["bottleneck_dim"] = cfg.bottleneck_dim or None
     try:
-        return preset_config(cfg.model, **overrides)
+        return (pmf_preset_config if cfg.family == "pmf" else preset_config)(cfg.model, **overrides)
     except ValueError as err:
         msg = str(err)
         if "image size" in msg:
             msg = f"--img-size: {msg} of {cfg.model}"
-        elif "unknown model preset" in msg:
+        elif "unknown model preset" in msg or "unknown pMF preset" in msg:
             msg = f"--model: {msg}"
         raise UserError(msg) from None
 
 
+def build_network(cfg: TrainConfig, num_classes: int) -> JiT | PMF:
+    """The run's network (JiT or pMF, by --model), freshly initialised from the torch RNG."""
+    config = model_config(cfg, num_classes)
+    return (PMF if cfg.family == "pmf" else JiT)(**dataclasses.asdict(config))
+
+
 def compiles(cfg: TrainConfig, device: torch.device) -> bool:
-    """Whether the model gets ``torch.compile``: on CUDA unless ``--no-compile``; never elsewhere."""
-    return device.type == "cuda" and cfg.compile is not False
+    """Whether the model gets ``torch.compile``: on CUDA unless ``--no-compile``; never elsewhere (nor pMF)."""
+    return device.type == "cuda" and cfg.compile is not False and cfg.family == "jit"
 
 
 def compile_scope(sharded: bool) -> str:
@@ -155,6 +216,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     if cfg.cuda_graph and (world_size > 1 or cfg.grad_accum > 1):
         raise UserError(f"--cuda-graph needs one process and --grad-accum 1 (got {world_size} processes, "
                         f"--grad-accum {cfg.grad_accum})")  # fmt: skip
+    validate_family(cfg, world_size)
     if cfg.batch_size % (world_size * cfg.grad_accum):
         raise UserError(f"--batch-size {cfg.batch_size} must be divisible by processes x --grad-accum "
                         f"({world_size} x {cfg.grad_accum})")  # fmt: skip
@@ -190,3 +252,41 @@ def _check_sampling(cfg: TrainConfig) -> None:
                        t_eps=cfg.t_eps)  # fmt: skip
     except ValueError as err:
         raise UserError(str(err)) from None
+
+
+def validate_family(cfg: TrainConfig, world_size: int) -> None:
+    """The flags that depend on the model family; errors name the flag."""
+    if cfg.optimizer not in ("adamw", "muon"):
+        raise UserError(f"--optimizer must be adamw or muon, got {cfg.optimizer!r}")
+    if cfg.ema_decays and cfg.ema_half_lives:
+        raise UserError("give --ema (fixed decays) or --ema-half-lives (EDM rule), not both")
+    if any(h <= 0 for h in cfg.ema_half_lives):
+        raise UserError(f"--ema-half-lives must be positive (kimg), got {cfg.ema_half_lives}")
+    if cfg.family == "jit":
+        if cfg.ema_half_lives and cfg.cuda_graph:
+            raise UserError("--ema-half-lives with --cuda-graph: a captured step keeps fixed EMA decays; use --ema")
+        if cfg.optimizer == "muon":
+            raise UserError("--optimizer muon is for pMF models (--model pMF-...); JiT trains with adamw")
+        return
+    jit_only = {  # flag -> why not, when given
+        "--prediction/--loss": (cfg.prediction != _OBJECTIVE.prediction or cfg.loss != _OBJECTIVE.loss,
+                                "the pMF objective is fixed (x-prediction, u and v losses)"),
+        "--attn-drop/--proj-drop": (bool(cfg.attn_drop or cfg.proj_drop), "the pMF network has no dropout"),
+        "--cuda-graph": (cfg.cuda_graph, "its step (forward-mode JVP, Muon) is not captured"),
+        "--compile": (bool(cfg.compile), "its forward-mode JVP runs eagerly"),
+        "--grad-checkpointing": (cfg.grad_checkpointing, "not with the forward-mode JVP"),
+    }  # fmt: skip
+    for flag, (given, why) in jit_only.items():
+        if given:
+            raise UserError(f"{flag} is not available for pMF models ({cfg.model}): {why}")
+    cfg.objective()  # the objective's own range checks, named by flag
+    if cfg.sample_cfg < 1.0:
+        raise UserError(f"--sample-cfg: the pMF guidance weight omega must be >= 1, got {cfg.sample_cfg}")
+    try:
+        network_interval(cfg.sample_interval)
+    except ValueError as err:
+        raise UserError(f"--sample-interval: {err}") from None
+    if cfg.optimizer == "muon" and cfg.fsdp and world_size > 1:
+        raise UserError("--fsdp with --optimizer muon: Muon orthogonalises whole matrices; use --optimizer adamw")
+    if cfg.optimizer == "muon" and cfg.weight_decay:
+        raise UserError("--weight-decay: the pMF recipe's Muon has no weight decay; use --optimizer adamw")

@@ -21,6 +21,7 @@ from torch.utils.data import default_collate
 from ..core import rng
 from ..data.image_folder import BAD_IMAGE_ERRORS, CorruptImageError, failure_reason
 from ..diffusion.flow import FlowMatching
+from ..diffusion.meanflow import PMFObjective
 from .signals import ignore_signals
 
 MAX_SUBSTITUTE_TRIES = 16
@@ -86,11 +87,29 @@ class Augment:
 
     def __call__(self, x_uint8: torch.Tensor, y: torch.Tensor, step: int, positions: torch.Tensor):
         """uint8 images -> flipped [-1, 1] fp32, dropped labels, t (B,), unit noise (B, C, H, W)."""
-        x = x_uint8.float() / 127.5 - 1.0  # [0, 255] -> [-1, 1]
-        flip = rng.uniform(self.seed, step, rng.STREAM_FLIP, positions)[:, 0] < 0.5  # (B,)
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        x = flipped(x_uint8, self.seed, step, positions)
         y, t, noise = self.objective.counter_draws(y, tuple(x.shape[1:]), self.null_label, self.seed, step, positions)
         return x, y, t, noise
+
+
+class PMFAugment:
+    """The pMF step's draws: the flip of :class:`Augment` and :meth:`PMFObjective.counter_draws` (times,
+    noise, guidance, the flow-matching share and class dropout decided over the global batch)."""
+
+    def __init__(self, objective: PMFObjective, seed: int, global_batch: int):
+        self.objective, self.seed, self.global_batch = objective, seed, global_batch
+
+    def __call__(self, x_uint8: torch.Tensor, y: torch.Tensor, step: int, positions: torch.Tensor):
+        """uint8 images -> flipped [-1, 1] fp32, labels (dropout is in the draws), :class:`MeanFlowDraws`."""
+        x = flipped(x_uint8, self.seed, step, positions)
+        return x, y, self.objective.counter_draws(self.seed, step, positions, self.global_batch, tuple(x.shape[1:]))
+
+
+def flipped(x_uint8: torch.Tensor, seed: int, step: int, positions: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> [-1, 1] fp32, each flipped horizontally with probability 1/2 (counter draws)."""
+    x = x_uint8.float() / 127.5 - 1.0  # [0, 255] -> [-1, 1]
+    flip = rng.uniform(seed, step, rng.STREAM_FLIP, positions)[:, 0] < 0.5  # (B,)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
 class BadImage(NamedTuple):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..diffusion.generate import interval_arg
 from ..formats.checkpoint import list_checkpoints
-from .config import TrainConfig
+from .config import TrainConfig, with_family_defaults
 from .init import inherit
 
 
@@ -22,7 +22,7 @@ def _floats(text: str) -> list[float]:
 
 # flag -> (TrainConfig field, type, help)
 FLAGS = [
-    ("--model", "model", str, "model preset, e.g. JiT-Ti/4, JiT-S/8, JiT-B/16 (see `jit presets`)"),
+    ("--model", "model", str, "model preset, e.g. JiT-Ti/4, JiT-B/16, pMF-Ti/4, pMF-B/16 (see `jit presets`)"),
     ("--img-size", "img_size", int, "image size in pixels (default: the preset's)"),
     ("--bottleneck", "bottleneck_dim", int, "patch-embedding bottleneck width (default: preset's; 0 = none)"),
     ("--attn-drop", "attn_drop", float, "attention dropout in the middle half of the blocks"),
@@ -78,15 +78,29 @@ FLAGS = [
      "blocks.0-5,x_embedder (a trailing range expands; globs work)"),
     ("--device", "device", str, "auto (default), cpu, cuda"),
     ("--precision", "precision", str, "auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 or fp32"),
+    ("--optimizer", "optimizer", str, "adamw (JiT's default) or muon (pMF's: Muon on matrices, Nesterov Adam on "
+     "the rest)"),
+    ("--ema-half-lives", "ema_half_lives", _floats, "comma-separated EMA half-lives in kimg, EDM rule each step "
+     "(pMF default 500,1000,2000; replaces --ema)"),
+    ("--cfg-max", "cfg_max", float, "pMF: guidance weights omega ~ 1/omega on [1, 1 + cfg-max] (default 7)"),
+    ("--fm-fraction", "fm_fraction", float, "pMF: share of the global batch trained with r = t (default 0.5)"),
 ]
+
+PMF_EPILOG = ("pMF models (--model pMF-Ti/4 ... pMF-H/32) train with the pMF objective (one-step generation); "
+              "their defaults where not given: --p-mean 0.8 --p-std 0.8, the preset's --noise-scale, "
+              "--optimizer muon --lr 1e-3 constant without warm-up, --ema-half-lives 500,1000,2000, and sample "
+              "grids with the preset's public guidance (--sample-cfg = omega, --sample-interval in our time, "
+              "--sample-steps 1). Not for pMF: --prediction/--loss, dropout, --cuda-graph, --compile, "
+              "--grad-checkpointing; --fsdp shards the whole network as one unit and needs --optimizer adamw.")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Register the ``train`` subcommand and its flags (every flag defaults to None: "not given")."""
     p = sub.add_parser(
-        "train", help="train a JiT model (one process, or many under torchrun)",
-        description="Train JiT on the built-in emoji data or an image folder. Run with torchrun for several "
+        "train", help="train a JiT or pMF model (one process, or many under torchrun)",
+        description="Train JiT or pMF on the built-in emoji data or an image folder. Run with torchrun for several "
                     "processes/GPUs/nodes. The run folder gets config.json, checkpoints/, tb/ and samples/.",
+        epilog=PMF_EPILOG,
     )  # fmt: skip
     p.add_argument("--out", default=None, help="run folder (default runs/jit)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
@@ -129,7 +143,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     if resuming:
         base = json.loads((out / "config.json").read_text())
     base = {k: v for k, v in base.items() if k in names}
-    cfg = TrainConfig(**{**base, **explicit})
+    cfg = TrainConfig(**with_family_defaults({**base, **explicit}))
     if cfg.steps is None and cfg.epochs is None:
         cfg.steps = 1000
     if cfg.init_from and not resuming:  # a resumed run continues from its own checkpoint

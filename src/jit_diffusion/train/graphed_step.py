@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..diffusion.meanflow import PMFObjective
 from .optim import set_learning_rate
 
 
@@ -24,12 +25,19 @@ def micro_batch_backward(model: nn.Module, objective: Callable, augment: Callabl
                          y: torch.Tensor, step, positions: torch.Tensor, use_bf16: bool,
                          accum: int = 1) -> torch.Tensor:  # fmt: skip
     """The draws, forward and loss of one micro-batch, then the backward pass of loss / ``accum``; returns
-    the loss (shared by this step and ``Trainer.train_step``)."""
-    x, y, t, noise = augment(x_uint8, y, step, positions)
+    the loss (shared by this step and ``Trainer.train_step``). ``augment`` gives (x, y, *draws): (t, noise)
+    for flow matching, one :class:`MeanFlowDraws` for the pMF objective, whose returned (logged) value is the
+    raw mean |V - v_g|^2 (its adaptively weighted loss is ~2 by construction)."""
+    x, y, *draws = augment(x_uint8, y, step, positions)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-        loss = objective(model, x, y, t=t, noise=noise, label_dropout=False)
+        if isinstance(objective, PMFObjective):
+            terms = objective.per_sample_losses(model, x, y, *draws)
+            loss, logged = terms["loss"].mean(), terms["u"].mean()
+        else:
+            t, noise = draws
+            loss = logged = objective(model, x, y, t=t, noise=noise, label_dropout=False)
     (loss / accum).backward()
-    return loss
+    return logged
 
 
 def apply_update(raw_model: nn.Module, optimizer: torch.optim.Optimizer, ema, grad_clip: float) -> None:

@@ -54,6 +54,8 @@ def check_architecture(source: dict, new: dict, where: str) -> None:
 def inherit(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     """``cfg`` with the source's preset, image size, bottleneck and flow/sampling settings where no flag
     (``explicit``) sets them; checked against the source's architecture."""
+    if cfg.family != "jit":
+        raise UserError(f"--init-from with --model {cfg.model}: fine-tuning takes JiT presets (pMF: not yet)")
     source = open_init(cfg)
     info = source.info(cfg.init_weights)
     arch = info.model_config

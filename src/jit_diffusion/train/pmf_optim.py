@@ -6,16 +6,18 @@ Nesterov momentum) on the rest, lr 1e-3 constant, no weight decay. Here: ``torch
 optax's sqrt(max(1, fan_out / fan_in)) of the transposed (in, out) kernel; the label table, stored the same
 way in both, gets optax's scale sqrt(max(1, H / rows)) through a per-group ``lr_scale``. Adam with Nesterov
 momentum is ``torch.optim.NAdam`` with a constant momentum (an infinite momentum_decay); plain AdamW is the
-alternative. Differences left: torch runs Newton-Schulz in bf16 (optax in the parameter dtype) and has no
-bias correction of the momentum (optax has; it only changes the first few steps' mix of gradient and momentum).
+alternative. Differences left: torch runs Newton-Schulz in bf16 on accelerators (optax in the parameter
+dtype; on a CPU, where bf16 matmuls are ~20x slower than fp32, it runs here in fp32) and has no bias
+correction of the momentum (optax has; it only changes the first few steps' mix of gradient and momentum).
 
 EMA: the EDM half-life rule, beta = 0.5^(batch / max(min(halflife_kimg * 1000, step * batch * 0.05), 1e-8)).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
@@ -58,6 +60,32 @@ def _muon_groups(model: nn.Module, scope: str) -> tuple[list[dict], list[nn.Para
     return groups, rest
 
 
+def newton_schulz_fp32(grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int,
+                       eps: float) -> torch.Tensor:  # fmt: skip
+    """torch.optim.Muon's quintic Newton-Schulz orthogonalisation, computed in fp32 instead of bf16."""
+    a, b, c = ns_coefficients
+    x = grad.float()
+    wide = x.T if x.shape[0] > x.shape[1] else x  # iterate on the (short, long) orientation
+    wide = wide / wide.norm().clamp(min=eps)  # spectral norm <= 1
+    for _ in range(ns_steps):
+        gram = wide @ wide.T
+        wide = a * wide + (b * gram + c * gram @ gram) @ wide  # X <- a X + (b A + c A^2) X, A = X X^T
+    return wide.T if x.shape[0] > x.shape[1] else wide
+
+
+@contextlib.contextmanager
+def _newton_schulz_fp32() -> Iterator[None]:
+    """Within the context torch.optim.Muon orthogonalises in fp32 (its module function swapped)."""
+    from torch.optim import _muon
+
+    original = _muon._zeropower_via_newtonschulz
+    _muon._zeropower_via_newtonschulz = newton_schulz_fp32
+    try:
+        yield
+    finally:
+        _muon._zeropower_via_newtonschulz = original
+
+
 class MuonWithAdam:
     """One optimizer object over two: ``torch.optim.Muon`` on matrices and an Adam on the rest.
 
@@ -77,13 +105,15 @@ class MuonWithAdam:
 
     @torch.no_grad()
     def step(self) -> None:
-        """One step of both optimizers, each group at lr * lr_scale."""
+        """One step of both optimizers, each group at lr * lr_scale (Newton-Schulz in fp32 on a CPU)."""
         saved = [(group, group["lr"]) for group in self.param_groups]
         for group, lr in saved:
             group["lr"] = lr * group.get("lr_scale", 1.0)
+        on_cpu = self.muon is not None and self.muon.param_groups[0]["params"][0].device.type == "cpu"
         try:
-            for optimizer in self.optimizers:
-                optimizer.step()
+            with _newton_schulz_fp32() if on_cpu else contextlib.nullcontext():
+                for optimizer in self.optimizers:
+                    optimizer.step()
         finally:
             for group, lr in saved:
                 group["lr"] = lr

@@ -13,6 +13,7 @@ from ..core.distributed import DistInfo
 from ..core.images import make_grid, save_grid, to_uint8
 from ..core.parallel import full_tensor
 from ..diffusion.ema import EMA
+from ..diffusion.pmf_sampling import sample_pmf
 from ..diffusion.sampling import image_noise, sample
 from ..models.jit import JiT
 from .config import TrainConfig
@@ -22,7 +23,8 @@ NOISE_SEED = 1234  # the same starting noise at every step, so grids are compara
 
 
 class PreviewGrid:
-    """Writes ``samples/step_XXXXXXXX.png`` (rank 0) from the first EMA; collective under FSDP."""
+    """Writes ``samples/step_XXXXXXXX.png`` (rank 0) from the first EMA; collective under FSDP. A pMF run
+    samples with :func:`sample_pmf` (``sample_steps`` steps at omega ``sample_cfg``, ``sample_interval``)."""
 
     def __init__(self, cfg: TrainConfig, raw_model: JiT, ema: EMA, dist: DistInfo, sharded: bool, run_dir: Path):
         self.cfg, self.raw_model, self.ema, self.dist, self.sharded = cfg, raw_model, ema, dist, sharded
@@ -37,7 +39,8 @@ class PreviewGrid:
         if not self.dist.is_main:
             return None
         if self._sampling_model is None:
-            self._sampling_model = JiT(**dataclasses.asdict(self.raw_model.config)).to(self.dist.device)
+            network = type(self.raw_model)  # JiT or PMF
+            self._sampling_model = network(**dataclasses.asdict(self.raw_model.config)).to(self.dist.device)
         self._sampling_model.load_state_dict(weights, strict=True)
         return contextlib.nullcontext(self._sampling_model)
 
@@ -62,9 +65,13 @@ class PreviewGrid:
         with context as model, autocast_context(device, cfg.precision):
             was_training = model.training
             model.eval()
-            images = sample(model, noise, labels, method=cfg.sample_method, steps=cfg.sample_steps, cfg=guidance,
-                            cfg_interval=cfg.sample_interval, noise_scale=cfg.noise_scale, t_eps=cfg.t_eps,
-                            prediction=cfg.prediction)  # fmt: skip
+            if cfg.family == "pmf":  # one network evaluation per step, omega an input
+                images = sample_pmf(model, labels, noise, steps=cfg.sample_steps, omega=cfg.sample_cfg,
+                                    interval=cfg.sample_interval, noise_scale=cfg.noise_scale)  # fmt: skip
+            else:
+                images = sample(model, noise, labels, method=cfg.sample_method, steps=cfg.sample_steps,
+                                cfg=guidance, cfg_interval=cfg.sample_interval, noise_scale=cfg.noise_scale,
+                                t_eps=cfg.t_eps, prediction=cfg.prediction)  # fmt: skip
             model.train(was_training)
         uint8 = to_uint8(images)
         path = save_grid(uint8, self.folder / f"step_{step:08d}.png", nrow=per_class, upscale=max(1, 64 // size))

@@ -18,6 +18,9 @@ from ..core.parallel import full_state_dict, full_tensor, load_optimizer_state, 
 from ..diffusion.ema import EMA
 from ..formats.checkpoint import CheckpointWriteError, read_checkpoint, save_checkpoint
 from .config import TRAJECTORY_FIELDS, TrainConfig
+from .pmf_optim import MuonWithAdam
+
+_DEFAULTS = dataclasses.asdict(TrainConfig())
 
 
 def rng_state(device: torch.device) -> dict:
@@ -38,7 +41,7 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 def read_resume(path: Path, cfg: TrainConfig) -> dict:
     """Load the checkpoint to resume from; refuse it if it was trained with other trajectory settings."""
     ckpt = read_checkpoint(path, map_location="cpu")
-    saved = ckpt["config"]
+    saved = {**_DEFAULTS, **ckpt["config"]}  # a field added since the checkpoint was written: its default
     changed = {k: (saved.get(k), getattr(cfg, k)) for k in TRAJECTORY_FIELDS if saved.get(k) != getattr(cfg, k)}
     if changed:
         detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in sorted(changed.items()))
@@ -65,6 +68,7 @@ def training_state(
         "model_config": dataclasses.asdict(raw_model.config),
         "class_names": class_names,
         "world_size": dist.world_size,
+        **({"model_family": cfg.family} if cfg.family != "jit" else {}),  # absent: jit (older checkpoints)
     }
 
 
@@ -73,7 +77,12 @@ def restore_training_state(
 ) -> int:
     """EMAs, optimizer and RNG from ``ckpt`` (model weights are loaded before wrapping); returns the step."""
     ema.load_state_dict(ckpt["ema"])
-    load_optimizer_state(model, optimizer, ckpt["optimizer"], sharded)
+    if isinstance(optimizer, MuonWithAdam):  # one state per inner optimizer
+        for name, inner in (("muon", optimizer.muon), ("adam", optimizer.adam)):
+            if inner is not None:
+                load_optimizer_state(model, inner, ckpt["optimizer"][name], sharded)
+    else:
+        load_optimizer_state(model, optimizer, ckpt["optimizer"], sharded)
     states = ckpt.get("rng", [])
     if len(states) == dist.world_size:
         set_rng_state(states[dist.rank], dist.device)

@@ -27,9 +27,8 @@ from ..core.fileio import save_json
 from ..core.parallel import apply_fsdp
 from ..diffusion.ema import EMA
 from ..formats.checkpoint import CKPT_DIR, LATEST, latest_checkpoint, writing_to
-from ..models.jit import JiT
-from .config import TrainConfig, compile_scope, compiles, model_config, validate
-from .draws import Augment, KeyedStepSampler, StepBatchSampler, default_workers, make_loader
+from .config import TrainConfig, build_network, compile_scope, compiles, model_config, validate
+from .draws import Augment, KeyedStepSampler, PMFAugment, StepBatchSampler, default_workers, make_loader
 from .flags import config_from_args
 from .graphed_step import GraphedTrainStep, apply_update, micro_batch_backward
 from .health import (
@@ -44,6 +43,7 @@ from .health import (
 from .init import freeze, init_weights, recorded_origin
 from .log import LogWindow, RunLog
 from .optim import build_optimizer, learning_rate, param_groups, set_learning_rate
+from .pmf_optim import build_pmf_optimizer, edm_ema_decays
 from .preview import PreviewGrid
 from .signals import Preemption
 from .state import read_resume, restore_training_state, save_state, training_state
@@ -79,7 +79,10 @@ class Trainer:
             print(f"--resume: no checkpoint in {self.run_dir}; starting a new run")
         self._setup_data(dataset)
         self.objective = self.cfg.objective()
-        self.augment = Augment(self.objective, seed=cfg.seed, null_label=self.num_classes)
+        if cfg.family == "pmf":
+            self.augment = PMFAugment(self.objective, seed=cfg.seed, global_batch=cfg.batch_size)
+        else:
+            self.augment = Augment(self.objective, seed=cfg.seed, null_label=self.num_classes)
         self.use_bf16 = use_bf16(self.device, cfg.precision)
         self.step, self.origin = 0, None
         ckpt = read_resume(self.resume_from, self.cfg) if self.resume_from is not None else None
@@ -107,6 +110,8 @@ class Trainer:
         self.dataset = dataset
         self.num_classes = dataset.num_classes
         self.class_names = list(dataset.class_names)
+        if cfg.family == "pmf" and self.num_classes == 0:
+            raise UserError(f"--data {cfg.data}: pMF models train on labelled images (class subfolders)")
         if dataset.image_size != image_size:
             raise UserError(f"--data gives {dataset.image_size}px images but the model expects {image_size}px")
         self.sampler_args = dict(n=len(dataset), global_batch=cfg.batch_size, world=world, rank=self.dist.rank,
@@ -125,7 +130,7 @@ class Trainer:
         """Model (resumed weights loaded before any wrapping), compile, DDP or FSDP2, EMAs, optimizer."""
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.model = JiT(**dataclasses.asdict(model_config(cfg, self.num_classes))).to(self.device)
+        self.model = build_network(cfg, self.num_classes).to(self.device)
         self.model.grad_checkpointing = cfg.grad_checkpointing
         if ckpt is not None:
             self.model.load_state_dict(ckpt["model"], strict=True)  # full weights, before any sharding
@@ -138,13 +143,18 @@ class Trainer:
         if cfg.compile:
             self.model.compile_model(compile_scope(self.sharded))
         self.train_model: nn.Module = self.model
-        if self.sharded:
-            self.train_model = apply_fsdp(self.model)
+        if self.sharded:  # pMF: one unit, the root (FSDP2's per-block input hooks have no forward-AD rule)
+            self.train_model = apply_fsdp(self.model, None if cfg.family == "jit" else [])
         elif self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.ema = EMA(self.model, cfg.ema_decays)
-        self.optimizer = build_optimizer(self.model, cfg, self.device, self.sharded)
+        # --ema-half-lives: the decays follow the EDM rule, set before each update (train_step)
+        self.ema_half_lives = {f"ema{i + 1}": kimg for i, kimg in enumerate(cfg.ema_half_lives)}
+        self.ema = EMA(self.model, cfg.ema_decays or [0.0] * len(self.ema_half_lives))
+        if cfg.optimizer == "muon":
+            self.optimizer = build_pmf_optimizer(self.model, cfg.lr_value(), betas=(cfg.beta1, cfg.beta2))
+        else:
+            self.optimizer = build_optimizer(self.model, cfg, self.device, self.sharded)
         torch.manual_seed(cfg.seed * self.dist.world_size + self.dist.rank)  # dropout masks: per-rank stream
 
     def _graphed_step(self) -> GraphedTrainStep:
@@ -203,6 +213,8 @@ class Trainer:
                 loss = micro_batch_backward(self.train_model, self.objective, self.augment, x_uint8, y, self.step,
                                             positions, self.use_bf16, accum)  # fmt: skip
             loss_sum += loss.detach() / accum
+        if self.ema_half_lives:
+            self.ema.decays = edm_ema_decays(self.step, self.cfg.batch_size, self.ema_half_lives)
         apply_update(self.raw_model, self.optimizer, self.ema, self.cfg.grad_clip)
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum
@@ -289,7 +301,8 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch, "world_size": self.dist.world_size,
             "num_classes": self.num_classes, "class_names": self.class_names,
             "model_config": dataclasses.asdict(self.raw_model.config),
-            "params": self.raw_model.num_params(), "device": str(self.device), "init_from": self.origin,
+            "params": self.raw_model.num_params(), "device": str(self.device), "model_family": self.cfg.family,
+            "init_from": self.origin,
         }  # fmt: skip
 
     def _after_step(self, lr: float) -> bool:
