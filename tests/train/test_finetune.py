@@ -171,7 +171,7 @@ def test_init_from_an_export_or_diffusers_folder_inherits_its_settings(source, t
                      "--batch-size", "8", "--sample-every", "0", "--out", str(run)]) == 0  # fmt: skip
     saved = json.loads((run / "config.json").read_text())
     assert (saved["model"], saved["img_size"], saved["bottleneck_dim"]) == ("JiT-Ti/4", 16, 64)
-    assert saved["resolved"]["init_from"]["path"] == str(folder)
+    assert saved["resolved"]["init_from"]["path"] == str(folder.resolve())
     want = training_weights(source["ckpt"], "ema2")
     for name, tensor in _weights(run)["ema1"].items():
         assert torch.equal(tensor, want[name]), name
