@@ -208,3 +208,24 @@ def test_a_pmf_source_is_one_line(source, tmp_path, capsys):
     assert _train("--init-from", folder, "--data", source["data"], "--steps", 1, "--out", run) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pmf" in err and str(folder) in err, err
+
+
+def test_init_from_an_official_checkpoint(source, tmp_path):
+    """An official-layout .pth (``model_ema1``/``model_ema2``/``model`` with ``net.`` names): the preset is
+    inferred from the shapes, the chosen weight set is loaded (--lr 0 keeps it); its classes have no names
+    of ours, so a --class-map by index keeps the label rows."""
+    ckpt = source["ckpt"]
+    net = lambda sd: {f"net.{k}": v.clone() for k, v in sd.items()}  # noqa: E731
+    path = tmp_path / "official.pth"
+    torch.save({"model": net(ckpt["model"]), "model_ema1": net(ckpt["ema"]["ema1"]),
+                "model_ema2": net(ckpt["ema"]["ema2"])}, path)  # fmt: skip
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({str(i): i for i in range(4)}))
+    run = tmp_path / "run"
+    assert _train("--init-from", path, "--init-weights", "ema2", "--img-size", 16, "--data", source["data"],
+                  "--class-map", mapping, "--lr", 0, "--steps", 1, "--out", run) == 0  # fmt: skip
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"] == "JiT-Ti/4" and saved["resolved"]["init_from"]["kind"] == "official"
+    want = training_weights(ckpt, "ema2")
+    for name, tensor in _weights(run)["model"].items():
+        assert torch.equal(tensor, want[name]), name
