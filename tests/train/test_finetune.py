@@ -123,11 +123,15 @@ def test_new_size_recomputes_pos_embed_and_rope(source, tmp_path):
     assert out.abs().max() > 0  # the trained output layer is not zero
 
 
-def test_freeze_and_resume_of_a_finetuned_run(source, tmp_path):
+def test_freeze_and_resume_of_a_finetuned_run(source, tmp_path, capsys):
     """Frozen parameters stay bitwise equal to the loaded weights; 2 steps + resume == 4 steps."""
     common = ["--init-from", source["run"], "--data", source["data"], "--freeze", "blocks.0-1,x_embedder",
               "--ckpt-every", 2]  # fmt: skip
     assert _train(*common, "--steps", 4, "--out", tmp_path / "full") == 0
+    out = capsys.readouterr().out
+    n_frozen = sum(name.startswith(("blocks.0.", "blocks.1.", "x_embedder.")) for name in source["ema1"])
+    assert f"initialised from {source['run'].resolve()} (ema1 step 3, 4 class rows copied); {n_frozen} parameter " \
+           "tensors frozen" in out, out
     assert _train(*common, "--steps", 2, "--out", tmp_path / "part") == 0
     assert _train(*common, "--steps", 4, "--out", tmp_path / "part", "--resume") == 0
     full, part = _weights(tmp_path / "full"), _weights(tmp_path / "part")

@@ -154,6 +154,18 @@ def freeze(model: nn.Module, text: str | None) -> list[str]:
     return sorted(set(frozen))
 
 
+def describe_init(origin: dict | None, frozen: list[str]) -> str:
+    """One line on what a new run starts from and what it keeps fixed."""
+    parts = []
+    if origin:
+        step = "" if origin["step"] is None else f" step {origin['step']}"
+        parts.append(f"initialised from {origin['path']} ({origin['weights']}{step}, "
+                     f"{len(origin['class_rows'])} class rows copied)")  # fmt: skip
+    if frozen:
+        parts.append(f"{len(frozen)} parameter tensors frozen")
+    return "; ".join(parts)
+
+
 def recorded_origin(run_dir: Path) -> dict | None:
     """The ``init_from`` record of a run folder's config.json (kept when the run resumes)."""
     path = run_dir / "config.json"

@@ -40,7 +40,7 @@ from .health import (
     out_of_memory_message,
     preempted,
 )
-from .init import freeze, init_weights, recorded_origin
+from .init import describe_init, freeze, init_weights, recorded_origin
 from .log import LogWindow, RunLog
 from .optim import build_optimizer, learning_rate, param_groups, set_learning_rate
 from .pmf_optim import build_pmf_optimizer, edm_ema_decays
@@ -137,7 +137,9 @@ class Trainer:
             self.origin = recorded_origin(self.run_dir)
         elif cfg.init_from:
             self.origin = init_weights(self.model, cfg, self.class_names)  # the EMAs start at these weights
-        freeze(self.model, cfg.freeze)  # before DDP/FSDP and the optimizer, which skip frozen parameters
+        frozen = freeze(self.model, cfg.freeze)  # before DDP/FSDP and the optimizer, which skip them
+        if self.dist.is_main and ckpt is None and (self.origin or frozen):
+            print(describe_init(self.origin, frozen))
         self.raw_model = self.model
         self.sharded = self.dist.enabled and cfg.fsdp
         if cfg.compile:
