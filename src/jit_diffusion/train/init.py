@@ -65,7 +65,7 @@ def inherit(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     if "model" not in explicit:
         inherited["model"] = find_preset(arch)
         if inherited["model"] is None:
-            raise UserError(f"--init-from {cfg.init_from}: its architecture is no preset; give --model")
+            raise UserError(f"--init-from {cfg.init_from}: its architecture matches no preset (`jit presets`)")
     new = dataclasses.replace(cfg, **{k: v for k, v in inherited.items() if k not in explicit})
     check_architecture(arch, dataclasses.asdict(model_config(new, 0)), cfg.init_from)
     return new
