@@ -399,9 +399,9 @@ def test_the_page_in_headless_chromium(run_dir, tmp_path):
         np.testing.assert_array_equal(edited[:, size // 2 :], image[:, size // 2 :])
         assert (edited[:, : size // 2] != image[:, : size // 2]).mean() > 0.5
         painted = painted_stroke(page, size, 8 * size)  # a stroke on the canvas wins over the uploaded mask
+        first = page.locator("#edit-grid img").get_attribute("src")
         page.get_by_role("button", name="Inpaint").click()
-        expect(page.locator("#edit-grid img")).not_to_have_attribute("src", page.locator("#edit-grid img")
-                                                                     .get_attribute("src"), timeout=120_000)  # fmt: skip
+        expect(page.locator("#edit-grid img")).not_to_have_attribute("src", first, timeout=120_000)
         edited = shown_image(page, "#edit-grid")[2 * up : (2 + size) * up : up, 2 * up : (2 + size) * up : up]
         untouched = ~grown(painted > 0)
         np.testing.assert_array_equal(edited[untouched], image[untouched])
