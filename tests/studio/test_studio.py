@@ -24,6 +24,7 @@ import jit_diffusion
 from jit_diffusion.cli import main
 from jit_diffusion.core.errors import UserError
 from jit_diffusion.core.images import make_grid
+from jit_diffusion.editing.inputs import load_inputs
 from jit_diffusion.formats.checkpoint import save_checkpoint
 from jit_diffusion.formats.loading import open_source
 from jit_diffusion.models.config import preset_config
@@ -298,6 +299,37 @@ def shown_image(page, selector: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(answer.body())).convert("RGB"))
 
 
+def painted_stroke(page, size: int, upload: int) -> np.ndarray:
+    """Drag the brush across the middle row of the Edit canvas (showing an ``upload`` px square image); per
+    model pixel (``size`` a side), how much its shown colour changed (0: not painted), read at its centre."""
+    canvas = page.locator("#edit-paint canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    zoom = float(page.locator("#edit-paint .zoom-number").inner_text().strip("%")) / 100  # shown px per pixel
+    side = upload * zoom  # the image's side on the page
+    left, top = box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2
+    centres = (np.arange(size) + 0.5) * side / size
+
+    def shown() -> np.ndarray:
+        shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"), dtype=np.int16)
+        return shot[np.ix_((top + centres).astype(int), (left + centres).astype(int))]
+
+    before = shown()
+    page.mouse.move(left + 0.15 * side, top + side / 2)
+    page.mouse.down()
+    page.mouse.move(left + 0.85 * side, top + side / 2, steps=12)
+    page.mouse.up()
+    page.wait_for_timeout(1500)  # the canvas sends its layer
+    return np.abs(shown() - before).max(axis=2)
+
+
+def grown(mask: np.ndarray) -> np.ndarray:
+    """``mask`` grown by one pixel in every direction (8-neighbourhood)."""
+    padded = np.pad(mask, 1)
+    h, w = mask.shape
+    return np.any([padded[i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=0)
+
+
 @pytest.mark.slow
 def test_the_page_in_headless_chromium(run_dir, tmp_path):
     exe = chromium_or_skip()
@@ -349,10 +381,11 @@ def test_the_page_in_headless_chromium(run_dir, tmp_path):
         a, b = shown_image(page, "#grid-A"), shown_image(page, "#grid-B")
         assert a.shape == b.shape and not np.array_equal(a, b)
         # Edit: upload an image and a mask (white = regenerate the left half), inpaint, the right half is kept
-        image = np.random.default_rng(0).integers(0, 256, (size, size, 3)).astype(np.uint8)
+        blocks = np.random.default_rng(0).integers(0, 256, (size, size, 3)).astype(np.uint8)
+        Image.fromarray(blocks.repeat(8, 0).repeat(8, 1)).save(tmp_path / "in.png")  # a bigger upload: 8 px blocks
+        image = load_inputs(tmp_path / "in.png", size)[0][0].permute(1, 2, 0).numpy()  # what the model is given
         mask = np.zeros((size, size), np.uint8)
         mask[:, : size // 2] = 255
-        Image.fromarray(image).save(tmp_path / "in.png")
         Image.fromarray(mask).save(tmp_path / "mask.png")
         page.get_by_role("tab", name="Edit").click()
         for field, path in (("#edit-image", "in.png"), ("#edit-mask", "mask.png")):
@@ -365,6 +398,14 @@ def test_the_page_in_headless_chromium(run_dir, tmp_path):
         edited = shown_image(page, "#edit-grid")[2 * up : (2 + size) * up : up, 2 * up : (2 + size) * up : up]
         np.testing.assert_array_equal(edited[:, size // 2 :], image[:, size // 2 :])
         assert (edited[:, : size // 2] != image[:, : size // 2]).mean() > 0.5
+        painted = painted_stroke(page, size, 8 * size)  # a stroke on the canvas wins over the uploaded mask
+        first = page.locator("#edit-grid img").get_attribute("src")
+        page.get_by_role("button", name="Inpaint").click()
+        expect(page.locator("#edit-grid img")).not_to_have_attribute("src", first, timeout=120_000)
+        edited = shown_image(page, "#edit-grid")[2 * up : (2 + size) * up : up, 2 * up : (2 + size) * up : up]
+        untouched = ~grown(painted > 0)
+        np.testing.assert_array_equal(edited[untouched], image[untouched])
+        assert (edited[painted > 60] != image[painted > 60]).mean() > 0.5 and untouched[:, : size // 2].any()
         if model == run_dir:
             page.get_by_role("tab", name="Run").click()
             assert shown_image(page, "#run-preview")[..., 0].max() == 180  # step 20's grid (red 180)

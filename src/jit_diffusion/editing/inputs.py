@@ -74,8 +74,13 @@ def load_mask(path: str | os.PathLike, image_size: int) -> torch.Tensor:
     spread = int((rgb.max(axis=2) - rgb.min(axis=2)).max())
     if spread > 8:
         raise UserError(f"--mask {path} is a colour image; a mask must be black and white (white = regenerate)")
-    gray = Image.fromarray(rgb.mean(axis=2).round().astype(np.uint8), "L")
-    small = _centre_square(gray).resize((image_size, image_size), Image.NEAREST)
+    return mask_from_gray(Image.fromarray(rgb.mean(axis=2).round().astype(np.uint8), "L"), image_size)
+
+
+def mask_from_gray(gray: Image.Image, image_size: int) -> torch.Tensor:
+    """A gray mask of any size (>= 128: regenerate) -> bool (1, 1, S, S): its centre square (the input's crop)
+    resized with nearest-neighbour."""
+    small = _centre_square(gray.convert("L")).resize((image_size, image_size), Image.NEAREST)
     return torch.from_numpy(np.asarray(small) >= 128).view(1, 1, image_size, image_size)
 
 

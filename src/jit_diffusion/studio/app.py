@@ -13,10 +13,9 @@ from pathlib import Path
 import gradio as gr
 
 from ..core.errors import UserError
-from ..diffusion.sampling import METHODS
 from .edits import Editor
 from .runs import is_run_folder, loss_curve, loss_figure, nearest_preview, preview_grids
-from .session import DEFAULT_STEPS, Settings, Studio
+from .session import Settings, Studio
 
 log = logging.getLogger(__name__)
 MAX_GUIDANCE = 10.0
@@ -163,13 +162,16 @@ def _edit_tab(studio: Studio) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             image = gr.Image(type="filepath", label="image", sources=["upload"], elem_id="edit-image")
-            mask = gr.Image(type="filepath", label="mask for inpainting (white = regenerate)", sources=["upload"],
+            paint = gr.ImageMask(type="filepath", format="png", label="paint the part to regenerate (inpainting)",
+                                 sources=[], transforms=(), layers=False, elem_id="edit-paint",
+                                 brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))  # fmt: skip
+            mask = gr.Image(type="filepath", label="or upload a mask (white = regenerate)", sources=["upload"],
                             elem_id="edit-mask")  # fmt: skip
             label = _class_picker(studio, "edit-class")
             strength = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="strength (image to image)",
                                  elem_id="edit-strength")  # fmt: skip
-            method = gr.Dropdown(choices=list(METHODS), value=d.method, label="solver", elem_id="edit-solver")
-            steps = gr.Number(value=DEFAULT_STEPS, precision=0, label="steps", elem_id="edit-steps")
+            method = gr.Dropdown(choices=list(studio.methods), value=d.method, label="solver", elem_id="edit-solver")
+            steps = gr.Number(value=d.steps, precision=0, label="steps", elem_id="edit-steps")
             cfg = _guidance(studio, d.cfg, elem_id="edit-cfg")
             seed = gr.Number(value=0, precision=0, label="seed", elem_id="edit-seed")
             with gr.Row():
@@ -191,8 +193,10 @@ def _edit_tab(studio: Studio) -> None:
     shown_result = lambda r: (str(r.grid), r.summary())  # noqa: E731
     to_image.click(shown(lambda img, st, *c: shown_result(editor.img2img(img, settings(*c), st))),
                    [image, strength, *common], [grid, timing], api_name="img2img")  # fmt: skip
-    fill.click(shown(lambda img, m, *c: shown_result(editor.inpaint(img, m, settings(*c)))),
-               [image, mask, *common], [grid, timing], api_name="inpaint")  # fmt: skip
+    image.change(lambda img: img, image, paint, queue=False)  # the canvas paints over the uploaded image
+    strokes = lambda drawn: (drawn or {}).get("layers") or []  # noqa: E731
+    fill.click(shown(lambda img, p, m, *c: shown_result(editor.inpaint(img, m, settings(*c), strokes(p)))),
+               [image, paint, mask, *common], [grid, timing], api_name="inpaint")  # fmt: skip
     strip.click(shown(lambda to, n, *c: shown_result(editor.interpolate(settings(*c), to, n))),
                 [to_label, frames, *common], [grid, timing], api_name="interpolate")  # fmt: skip
 
