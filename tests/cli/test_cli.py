@@ -112,6 +112,7 @@ def test_one_line_of_a_worker_error():
     assert one_line(ValueError("first line\n  second line")) == "first line second line"
 
 
+@pytest.mark.slow
 def test_presets_table(capsys):
     assert main(["presets"]) == 0
     jit_table, pmf_table = capsys.readouterr().out.strip().split("\n\n")
@@ -139,6 +140,7 @@ def _jit_env(env: dict, *args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1", **env}, timeout=300)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_jit_triton_in_any_case_and_a_bad_value_as_one_line():
     """JIT_TRITON is read case-insensitively; a bad value is a one-line error when a command runs, not a
     traceback at import (which broke every command)."""

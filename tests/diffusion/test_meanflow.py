@@ -147,6 +147,7 @@ def reference_loss(model, x, y, d: MeanFlowDraws, noise_scale=1.0):
     return (loss_u / (loss_u.detach() + 0.01) + loss_v / (loss_v.detach() + 0.01)).mean(), loss_u, loss_v
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jvp_mode", ["function", "math"])
 def test_loss_and_gradients_equal_a_straightforward_implementation(model64, jvp_mode):
     objective = PMFObjective(class_dropout_prob=0.5, noise_scale=1.5)
@@ -180,6 +181,7 @@ def test_perceptual_terms_are_off_by_default_and_masked_by_t(model64):
     assert torch.equal(terms["perceptual0"], (draws.t < objective.perceptual_max_t).double())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jvp_mode", ["function", "math"])
 def test_loss_under_bf16_autocast_is_close_to_fp32(model64, jvp_mode):
     model = create_pmf_model("pMF-Ti/4", num_classes=4, input_size=16)

@@ -121,6 +121,7 @@ def test_converges_at_its_order_to_fine_heun(gaussian_case, method, cfg):
     assert errors[1] / errors[2] >= MIN_RATIO[method], errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", [1.0, 2.5])
 def test_random_weight_jit_converges_at_second_order(golden, cfg):
     """The golden (random-weight) JiT, its label embedding scaled up so that CFG changes its predictions
@@ -135,6 +136,7 @@ def test_random_weight_jit_converges_at_second_order(golden, cfg):
         assert errors[0] / errors[1] >= 3.3 and errors[1] / errors[2] >= 3.3, (method, errors)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", [1.0, 2.5])
 def test_every_method_agrees_at_500_steps(gaussian_case, cfg):
     model, noise, labels, references = gaussian_case

@@ -130,6 +130,7 @@ def test_inpainting_conditions_the_hole_on_the_known_pixels(setup):
 MIN_ORDER = {"heun": 1.8, "euler": 0.8, "dpm++2m": 1.0, "dpm++3m": 0.6, "unipc": 0.9}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_inversion_round_trip_converges_with_the_measured_order(setup, method):
     model, images, labels, _, _ = setup
@@ -144,6 +145,7 @@ def test_inversion_round_trip_converges_with_the_measured_order(setup, method):
     assert torch.isfinite(noise).all()
 
 
+@pytest.mark.slow
 def test_inversion_with_guidance_and_to_an_intermediate_time(setup):
     model, images, labels, _, cfg = setup
     x = to_unit(images)

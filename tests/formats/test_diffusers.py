@@ -115,6 +115,7 @@ def test_exports_have_the_community_names_and_convert_back_bit_identical(golden,
         names, 2.5, (0.2, 0.9), 0.04, "euler")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_layout_a_and_b0_at_preset_size_map_every_key(tmp_path):
     """JiT-B/16-shaped seeded random weights (bf16, to keep memory down) as layout A and as B0."""
     shapes = config_shapes(JiT, preset_config("JiT-B/16"))

@@ -215,6 +215,7 @@ def _forward_backward(model, seed=0):
     return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.slow
 def test_whole_model_compiles_as_one_graph_and_keeps_names():
     """The whole forward traces as one graph (fullgraph: no break between blocks, forward and backward);
     the state dict keeps its plain names and the numbers equal eager's."""

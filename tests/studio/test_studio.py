@@ -182,6 +182,7 @@ def test_run_folder_readers(run_dir, tmp_path):
     assert preview_grids(tmp_path) == [] and loss_curve(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_the_last_value_of_a_step(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 

@@ -26,6 +26,7 @@ def _points(n=2000, seed=0):
     return sample_spiral(n, torch.Generator().manual_seed(seed)).numpy()
 
 
+@pytest.mark.slow
 def test_quick_run_writes_outputs(tmp_path, capsys):
     out = tmp_path / "toy"
     assert main(["toy", "--quick", "--out", str(out), "--seed", "3"]) == 0

@@ -123,6 +123,7 @@ def test_new_size_recomputes_pos_embed_and_rope(source, tmp_path):
     assert out.abs().max() > 0  # the trained output layer is not zero
 
 
+@pytest.mark.slow
 def test_freeze_and_resume_of_a_finetuned_run(source, tmp_path, capsys):
     """Frozen parameters stay bitwise equal to the loaded weights; 2 steps + resume == 4 steps."""
     common = ["--init-from", source["run"], "--data", source["data"], "--freeze", "blocks.0-1,x_embedder",

@@ -368,6 +368,7 @@ def test_verify_checkpoint_finds_truncation_and_a_bad_pickle(tmp_path):
     assert verify_checkpoint(tmp_path / "flipped.pt") is not None
 
 
+@pytest.mark.slow
 def test_truncated_newest_checkpoint_is_skipped_on_resume(tmp_path, capsys):
     data = TinyImages()
 

@@ -264,6 +264,7 @@ def test_worker_errors_print_as_one_line():
     assert one_line(ValueError("plain message")) == "plain message"
 
 
+@pytest.mark.slow
 def test_a_folder_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path, image_folder, capsys):
     """Training again into a run folder without --resume changes nothing and says so in one line;
     --overwrite starts afresh, removing the old run's files and only those."""
