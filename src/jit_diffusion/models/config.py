@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .pmf_config import PMFConfig, find_pmf_preset
+from .pmf_config import PMFConfig, find_pmf_preset, validated_config
 
 
 @dataclass
@@ -46,12 +46,7 @@ class JiTConfig:
     @classmethod
     def from_dict(cls, fields: Mapping[str, Any], source: str = "model config") -> JiTConfig:
         """A validated config from a dict; unknown keys are a one-line error naming ``source``."""
-        unknown = sorted(set(fields) - CONFIG_FIELDS)
-        if unknown:
-            raise ValueError(f"{source}: unknown model_config field(s) {unknown}; known: {sorted(CONFIG_FIELDS)}")
-        config = cls(**fields)
-        config.validate()
-        return config
+        return validated_config(cls, fields, source, "model_config")
 
 
 CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(JiTConfig))

@@ -79,12 +79,19 @@ class PMFConfig:
     @classmethod
     def from_dict(cls, fields: Mapping[str, Any], source: str = "pMF config") -> PMFConfig:
         """A validated config from a dict; unknown keys are a one-line error naming ``source``."""
-        unknown = sorted(set(fields) - PMF_CONFIG_FIELDS)
-        if unknown:
-            raise ValueError(f"{source}: unknown pMF config field(s) {unknown}; known: {sorted(PMF_CONFIG_FIELDS)}")
-        config = cls(**fields)
-        config.validate()
-        return config
+        return validated_config(cls, fields, source, "pMF config")
+
+
+def validated_config(cls, fields: Mapping[str, Any], source: str, what: str):
+    """``cls(**fields)`` validated (JiT and pMF configs); unknown keys are a one-line ValueError naming
+    ``source`` and listing the known ``what`` fields."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown {what} field(s) {unknown}; known: {sorted(known)}")
+    config = cls(**fields)
+    config.validate()
+    return config
 
 
 PMF_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(PMFConfig))
