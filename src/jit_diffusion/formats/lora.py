@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..models.families import model_class
-from ..models.lora import add_lora, is_adapter, merge_lora
+from ..models.lora import add_lora, base_name, is_adapter, merge_lora
 from .checkpoint import training_family, training_weights, weights_digest
 
 LORA_KEY = "lora"
@@ -37,8 +37,9 @@ def lora_record(rank: int, alpha: float, targets: list[str], origin: dict) -> di
 
 
 def own_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The part of a LoRA model's state a checkpoint keeps: adapters and :data:`OWN_BASE_TENSORS`."""
-    return {k: v for k, v in state.items() if is_adapter(k) or k in OWN_BASE_TENSORS}
+    """The part of a LoRA model's state a checkpoint keeps: adapters and :data:`OWN_BASE_TENSORS` (named
+    ``...base_layer.weight`` when an adapter wraps them)."""
+    return {k: v for k, v in state.items() if is_adapter(k) or base_name(k) in OWN_BASE_TENSORS}
 
 
 def check_base(record: dict, base_state: Mapping[str, torch.Tensor], where: str | Path) -> None:
@@ -58,7 +59,7 @@ def merged_lora_state(
     check_base(record, base_state, where)
     own = training_weights(ckpt, weights)  # the adapters of ``weights`` and the own base tensors
     model = model_class(training_family(ckpt))(**ckpt["model_config"])
-    model.load_state_dict({**base_state, **{k: v for k, v in own.items() if not is_adapter(k)}}, strict=True)
+    model.load_state_dict({**base_state, **{base_name(k): v for k, v in own.items() if not is_adapter(k)}}, strict=True)
     with torch.random.fork_rng(devices=[]):  # the adapters' random init is overwritten: leave the caller's RNG
         add_lora(model, record["rank"], record["alpha"], record["targets"])
     adapters = {k: v for k, v in own.items() if is_adapter(k)}
