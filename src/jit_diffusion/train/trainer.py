@@ -159,7 +159,9 @@ class Trainer:
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         # --ema-half-lives: the decays follow the EDM rule, set before each update (train_step)
         self.ema_half_lives = {f"ema{i + 1}": kimg for i, kimg in enumerate(cfg.ema_half_lives)}
-        self.ema = EMA(self.model, cfg.ema_decays or [0.0] * len(self.ema_half_lives), trainable_only=bool(self.lora))
+        # frozen weights (--freeze, LoRA's base) are their own average: the EMAs hold only what trains
+        self.ema = EMA(self.model, cfg.ema_decays or [0.0] * len(self.ema_half_lives),
+                       trainable_only=bool(self.lora or frozen))  # fmt: skip
         if cfg.optimizer == "muon":
             self.optimizer = build_pmf_optimizer(self.model, cfg.lr_value(), betas=(cfg.beta1, cfg.beta2))
         else:
