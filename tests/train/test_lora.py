@@ -146,6 +146,9 @@ def test_a_lora_run_loads_merged_and_exports_the_same(source, tmp_path, weights)
         want, got = active.eval()(z, t, y), merged(z, t, y)
     assert (want - got).abs().max() <= 1e-5
     assert not torch.equal(merged.blocks[0].attn.qkv.weight, source["ema1"]["blocks.0.attn.qkv.weight"])
+    assert cli.main(["sample", str(source["lora"]), "--ema", weights, "--per-class", "1", "--steps", "2",
+                     "--grid", str(tmp_path / "grid.png")]) == 0  # fmt: skip
+    assert (tmp_path / "grid.png").is_file()
     out = tmp_path / "export"
     assert cli.main(["convert", str(source["lora"]), "--merge-lora", str(out), "--weights", weights]) == 0
     exported, _ = load_pretrained(out, JiT)
@@ -222,6 +225,7 @@ def test_two_processes_match_one_for_lora(source, tmp_path):
     (["--lora-rank", "4", "--lora-targets", "q_norm"], ["--lora-targets", "RMSNorm"]),
     (["--lora-rank", "4", "--lora-alpha", "0"], ["--lora-alpha", "> 0"]),
     (["--lora-alpha", "8"], ["--lora-alpha needs --lora-rank"]),
+    (["--lora-targets", "attn.qkv"], ["--lora-targets needs --lora-rank"]),
     (["--lora-rank", "4", "--freeze", "blocks.0"], ["--freeze", "frozen already"]),
 ])  # fmt: skip
 def test_bad_lora_flags_are_one_line(source, tmp_path, capsys, extra, words):

@@ -58,9 +58,9 @@ def merged_lora_state(
     record = ckpt[LORA_KEY]
     check_base(record, base_state, where)
     own = training_weights(ckpt, weights)  # the adapters of ``weights`` and the own base tensors
-    model = model_class(training_family(ckpt))(**ckpt["model_config"])
-    model.load_state_dict({**base_state, **{base_name(k): v for k, v in own.items() if not is_adapter(k)}}, strict=True)
-    with torch.random.fork_rng(devices=[]):  # the adapters' random init is overwritten: leave the caller's RNG
+    with torch.random.fork_rng(devices=[]):  # random inits, all overwritten: the caller's RNG stays as it was
+        model = model_class(training_family(ckpt))(**ckpt["model_config"])
+        model.load_state_dict({**base_state, **{base_name(k): v for k, v in own.items() if not is_adapter(k)}})
         add_lora(model, record["rank"], record["alpha"], record["targets"])
     adapters = {k: v for k, v in own.items() if is_adapter(k)}
     result = model.load_state_dict(adapters, strict=False)

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..core.errors import UserError
 from ..formats.lora import LORA_KEY, lora_record, own_state
-from ..models.lora import add_lora, is_adapter
+from ..models.lora import DEFAULT_TARGETS, add_lora, is_adapter
 from .config import TrainConfig
 from .init import init_weights
 
@@ -27,8 +27,10 @@ from .init import init_weights
 def validate_lora(cfg: TrainConfig) -> None:
     """The LoRA flags, before any work; a one-line UserError naming the flag."""
     if cfg.lora_rank is None:
-        if cfg.lora_alpha is not None:
-            raise UserError("--lora-alpha needs --lora-rank")
+        for flag, given in (("--lora-alpha", cfg.lora_alpha is not None),
+                            ("--lora-targets", list(cfg.lora_targets) != list(DEFAULT_TARGETS))):  # fmt: skip
+            if given:
+                raise UserError(f"{flag} needs --lora-rank")
         return
     if cfg.lora_rank < 1:
         raise UserError(f"--lora-rank must be an integer >= 1, got {cfg.lora_rank}")
@@ -36,8 +38,9 @@ def validate_lora(cfg: TrainConfig) -> None:
         raise UserError(f"--lora-alpha must be > 0, got {cfg.lora_alpha:g}")
     if not cfg.lora_targets:
         raise UserError("--lora-targets: give at least one module name, e.g. attn.qkv,mlp.w12")
+    if not cfg.init_from:
+        raise UserError("--lora-rank needs --init-from SOURCE: LoRA adapts a trained model")
     for flag, given, why in (
-        ("--init-from", not cfg.init_from, "LoRA adapts a trained model; give --init-from SOURCE"),
         ("--freeze", bool(cfg.freeze), "with LoRA every weight but the adapters is frozen already"),
         ("--fsdp", cfg.fsdp, "LoRA runs use DDP (the trainable adapters are small)"),
         ("--model", cfg.family != "jit", "LoRA fine-tunes JiT models"),
