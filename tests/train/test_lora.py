@@ -259,3 +259,17 @@ def test_new_classes_get_a_label_adapter_when_asked(source, tmp_path, capsys):
     merged, _ = open_source(run2).load("raw")
     assert merged.y_embedder.embedding_table.weight.shape == fixed.shape == (6, 192)
     assert not torch.equal(merged.y_embedder.embedding_table.weight, fixed)
+
+
+def test_a_lora_run_at_a_new_size_loads_with_its_grid(source, tmp_path):
+    """16 px source, LoRA at 24 px: the checkpoint keeps the new position table and the merged model is 24 px."""
+    from jit_diffusion.models.layers import sincos_pos_embed_2d
+
+    data = make_image_folder(tmp_path / "data24", size=24)
+    run = tmp_path / "run"
+    assert _lora({**source, "data": data}, "--img-size", 24, "--steps", 1, "--out", run) == 0
+    merged, info = open_source(run).load("ema1")
+    assert info.image_size == 24 and merged.config.input_size == 24
+    assert torch.equal(merged.pos_embed[0], sincos_pos_embed_2d(192, 6))
+    with torch.no_grad():
+        assert merged(torch.randn(2, 3, 24, 24), torch.rand(2), torch.tensor([0, 4])).shape == (2, 3, 24, 24)
