@@ -183,7 +183,6 @@ def test_a_changed_base_is_one_line(source, tmp_path, capsys):
     assert len(err) == 2 and all("changed since the run started" in line for line in err), err
 
 
-@pytest.mark.slow
 def test_resume_of_a_lora_run_equals_uninterrupted(source, tmp_path):
     """2 steps + resume to 4 == the fixture's uninterrupted 4 steps, bitwise (adapters, EMAs, optimizer)."""
     part = tmp_path / "part"
