@@ -85,3 +85,23 @@ def test_update_close_to_float64_and_exact_for_constant_parameters():
         for got, want in zip(ema.shadows[name], exact[name]):
             assert (got.double() - want).abs().max().item() < 1e-6
         assert torch.equal(ema.weights(name)["table"], table)
+
+
+def test_trainable_only_averages_what_trains():
+    """Frozen parameters are left out (their own average); the others follow ema = d ema + (1 - d) p, and
+    ``applied`` swaps only those."""
+    model = _model()
+    model[0].requires_grad_(False)
+    ema = EMA(model, decays=(0.5,), trainable_only=True)
+    assert ema.param_names == ["2.weight", "2.bias"]
+    w0 = model[2].weight.detach().clone()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)
+    assert torch.allclose(ema.weights("ema1")["2.weight"], w0 + 0.5)
+    frozen = model[0].weight.detach().clone()
+    with ema.applied(model, "ema1"):
+        assert torch.equal(model[0].weight, frozen)
+        assert torch.allclose(model[2].weight, w0 + 0.5)
+    assert torch.equal(model[2].weight, w0 + 1.0)

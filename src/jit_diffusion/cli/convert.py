@@ -33,7 +33,8 @@ def run_convert(args: argparse.Namespace) -> None:
     source = open_source(args.src, in_context_start=args.in_context_start)
     try:
         folder, model, info = convert(source, args.out, weights=args.weights, dtype=args.dtype,
-                                      overwrite=args.overwrite, fmt=args.format)  # fmt: skip
+                                      overwrite=args.overwrite, fmt=args.format,
+                                      merge_lora=args.merge_lora)  # fmt: skip
     except FileExistsError as err:
         raise UserError(str(err)) from None
     preset = preset_name(model.config) or "custom architecture"
@@ -66,6 +67,9 @@ def add_cli(sub) -> None:
     )
     p.add_argument("--format", choices=list(FORMATS), default="jit",
                    help="what to write: jit (default, our export folder), diffusers-b0 or diffusers-b (see below)")
+    p.add_argument("--merge-lora", action="store_true",
+                   help="the source is a LoRA run (jit train --lora-rank): write its base with the adapters of "
+                        "--weights merged in, a plain export that loads anywhere")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="storage dtype (default fp32)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     p.add_argument(

@@ -16,12 +16,14 @@ class EMA:
 
     ``update(model)`` applies ema = decay * ema + (1 - decay) * param to every EMA at once (as a lerp);
     ``applied(model, name)`` temporarily swaps an EMA's weights into the model (no deep copy).
-    EMA tensors are fp32 and live on the model's device.
+    EMA tensors are fp32 and live on the model's device. With ``trainable_only`` only the parameters that
+    require grad (say, LoRA adapters) are averaged; the others stay as the model holds them.
     """
 
     def __init__(
-        self, model: nn.Module, decays: Sequence[float] = (0.9999, 0.9996), names: Sequence[str] | None = None
-    ):
+        self, model: nn.Module, decays: Sequence[float] = (0.9999, 0.9996), names: Sequence[str] | None = None,
+        trainable_only: bool = False,
+    ):  # fmt: skip
         names = list(names) if names is not None else [f"ema{i + 1}" for i in range(len(decays))]
         if len(names) != len(decays):
             raise ValueError(f"got {len(decays)} EMA decays but {len(names)} names")
@@ -29,10 +31,15 @@ class EMA:
             if not 0.0 <= d < 1.0:
                 raise ValueError(f"EMA decay must be in [0, 1), got {d}")
         self.decays = dict(zip(names, [float(d) for d in decays]))
-        self.param_names = [n for n, _ in model.named_parameters()]
+        self.trainable_only = trainable_only
+        self.param_names = [n for n, _ in self._averaged(model)]
         self.shadows: dict[str, list[torch.Tensor]] = {
-            name: [p.detach().float().clone() for p in model.parameters()] for name in names
+            name: [p.detach().float().clone() for _, p in self._averaged(model)] for name in names
         }
+
+    def _averaged(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """The (name, parameter) pairs this EMA averages, in model order."""
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad or not self.trainable_only]
 
     @property
     def names(self) -> list[str]:
@@ -41,7 +48,7 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """One EMA step for every decay: one ``_foreach_lerp_`` per decay (no per-parameter Python loop)."""
-        params = [p.detach() for p in model.parameters()]
+        params = [p.detach() for _, p in self._averaged(model)]
         if params and params[0].dtype != torch.float32:
             params = [p.float() for p in params]
         for name, decay in self.decays.items():
@@ -79,7 +86,7 @@ class EMA:
             yield model
             return
         shadow = self.weights(name)
-        params = dict(model.named_parameters())
+        params = dict(self._averaged(model))
         backup = {k: p.data for k, p in params.items()}
         try:
             for k, p in params.items():

@@ -56,11 +56,16 @@ def convert(
     overwrite: bool = False,
     in_context_start: int | None = None,
     fmt: str = "jit",
+    merge_lora: bool = False,
 ) -> tuple[Path, torch.nn.Module, ModelInfo]:
-    """Export ``src`` (see :func:`load_source`) at ``out`` in ``fmt`` (see :data:`FORMATS`)."""
+    """Export ``src`` (see :func:`load_source`) at ``out`` in ``fmt`` (see :data:`FORMATS`). A LoRA run
+    exports its base with the adapters merged in, and only when ``merge_lora`` says so (and it is one)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {list(FORMATS)}")
     source = src if isinstance(src, Source) else open_source(src, in_context_start=in_context_start)
+    if bool(source.lora) != merge_lora:
+        raise ValueError(f"{source.path} is a LoRA run: add --merge-lora to write its base with the adapters merged"
+                         if source.lora else f"--merge-lora: {source.path} is no LoRA run ({source.describe()})")
     if FORMATS[fmt] is not None and source.family != "jit":
         raise ValueError(f"--format {fmt} holds JiT models only; a {source.family} model converts to --format jit")
     model, info = load_source(source, weights)

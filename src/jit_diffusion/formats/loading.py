@@ -43,6 +43,7 @@ from .checkpoint import (
     training_weights,
 )
 from .diffusers_folder import DiffusersFolder, open_diffusers
+from .lora import LORA_KEY, is_lora_checkpoint, merged_lora_state
 from .official import is_official, official_config, official_info, official_weight_names, official_weights
 from .pmf_official import (
     PMF_WEIGHTS,
@@ -81,7 +82,8 @@ class Source:
         self._ckpt: dict[str, Any] | None = None
         self._config: Any = None  # the architecture (the family's config object), found once
         self._model: torch.nn.Module | None = None  # built on the first load, reused by later ones on the device
-        self.family = "jit"
+        self._lora_base: dict[str, torch.Tensor] | None = None  # a LoRA run's base weights, read once
+        self.family, self.lora = "jit", None
         self.diffusers: DiffusersFolder | None = None
         if self.path.name == WEIGHTS_NAME and is_export_folder(self.path.parent):  # the export's weights file
             self.path = self.path.parent
@@ -106,6 +108,7 @@ class Source:
         elif is_training_checkpoint(self._ckpt):
             self.kind, self.family = "training", training_family(self._ckpt)
             self.weight_names = ["raw", *self._ckpt.get("ema", {})]
+            self.lora = self._ckpt[LORA_KEY] if is_lora_checkpoint(self._ckpt) else None
         else:
             found = sorted(str(k) for k in self._ckpt)[:8]
             raise ValueError(f"{self.file} is neither an official JiT or pMF checkpoint nor a jit-diffusion "
@@ -119,7 +122,7 @@ class Source:
         """What the source is, in a few words (for diffusers sources: the layout, files and dtype)."""
         if self.diffusers is not None:
             return self.diffusers.summary()
-        what = _DESCRIPTIONS.get(self.kind, "training checkpoint")
+        what = _DESCRIPTIONS.get(self.kind, "LoRA training checkpoint" if self.lora else "training checkpoint")
         return what if self.family == "jit" or self.kind != "training" else f"{self.family} training checkpoint"
 
     @property
@@ -175,7 +178,20 @@ class Source:
             return official_weights(self._ckpt, weights, self.file)
         if self.kind == "pmf-official":
             return from_official_keys(self._ckpt)
+        if self.lora:
+            return merged_lora_state(self._ckpt, weights, self._base_state(), self.file)
         return training_weights(self._ckpt, weights)
+
+    def _base_state(self) -> dict[str, torch.Tensor]:
+        """A LoRA run's base weights, from the file and weight set its checkpoint records."""
+        if self._lora_base is None:
+            base = self.lora["base"]
+            try:
+                model, _ = open_source(base["file"]).load(base["weights"], "cpu")
+            except (ValueError, FileNotFoundError) as err:
+                raise ValueError(f"{self.file}: its LoRA base cannot be loaded ({err})") from None
+            self._lora_base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return self._lora_base
 
     def _built_for(self, device: torch.device) -> bool:
         """Whether the model built earlier can serve a load on ``device`` (still there, still fp32)."""

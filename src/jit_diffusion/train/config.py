@@ -16,6 +16,7 @@ from ..diffusion.pmf_sampling import network_interval, our_interval
 from ..diffusion.sampling import METHODS, check_interval, sampling_times
 from ..models.config import JiTConfig, preset_config
 from ..models.jit import JiT
+from ..models.lora import DEFAULT_TARGETS
 from ..models.pmf import PMF
 from ..models.pmf_config import PMF_DEFAULTS, PMFConfig, pmf_preset_config
 from .signals import DEFAULT_SIGNALS, parse_signals
@@ -89,6 +90,9 @@ class TrainConfig:
     init_weights: str | None = None  # ema1, ema2 or raw (default: the source's default)
     class_map: str = "auto"  # new -> source classes: equal names, or a JSON file
     freeze: str | None = None  # comma-separated parameter name patterns kept fixed
+    lora_rank: int | None = None  # LoRA adapters of this rank (:mod:`.lora`); None: full fine-tuning
+    lora_alpha: float | None = None  # adapter scale alpha / rank (default alpha = rank)
+    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))  # module names (or name tails)
     # pMF (--model pMF-*; family defaults in family_defaults): guidance-weight law, flow-matching share, EMAs
     cfg_max: float = 7.0  # omega ~ 1/omega on [1, 1 + cfg_max]
     fm_fraction: float = 0.5  # share of the global batch with r = t
@@ -124,7 +128,8 @@ TRAJECTORY_FIELDS = {
     "model", "img_size", "bottleneck_dim", "attn_drop", "proj_drop", "data", "data_split", "prediction",
     "loss", "p_mean", "p_std", "noise_scale", "t_eps", "label_drop", "batch_size", "lr", "blr", "min_lr",
     "schedule", "warmup_epochs", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "ema_decays",
-    "seed", "cfg_max", "fm_fraction", "optimizer", "ema_half_lives", "freeze",
+    "seed", "cfg_max", "fm_fraction", "optimizer", "ema_half_lives", "freeze", "lora_rank", "lora_alpha",
+    "lora_targets",
 }  # fmt: skip
 
 

@@ -20,6 +20,10 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
 
 
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
 # flag -> (TrainConfig field, type, help)
 FLAGS = [
     ("--model", "model", str, "model preset, e.g. JiT-Ti/4, JiT-B/16, pMF-Ti/4, pMF-B/16 (see `jit presets`)"),
@@ -76,6 +80,12 @@ FLAGS = [
      "default) or as a JSON file maps new -> source classes (names or indices); others start at the mean row"),
     ("--freeze", "freeze", str, "keep these parameters fixed: comma-separated name patterns, e.g. "
      "blocks.0-5,x_embedder (a trailing range expands; globs work)"),
+    ("--lora-rank", "lora_rank", int, "--init-from: train LoRA adapters of this rank on --lora-targets instead of "
+     "the weights (everything else frozen; checkpoints hold only the adapters)"),
+    ("--lora-alpha", "lora_alpha", float, "LoRA scale alpha / rank (default alpha = rank)"),
+    ("--lora-targets", "lora_targets", _names, "comma-separated module names (or name tails) that get adapters "
+     "(default attn.qkv,attn.proj,mlp.w12,mlp.w3 of every block; e.g. add y_embedder.embedding_table for new "
+     "classes)"),
     ("--device", "device", str, "auto (default), cpu, cuda"),
     ("--precision", "precision", str, "auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 or fp32"),
     ("--optimizer", "optimizer", str, "adamw (JiT's default) or muon (pMF's: Muon on matrices, Nesterov Adam on "

@@ -121,7 +121,8 @@ def init_weights(model: nn.Module, cfg: TrainConfig, class_names: list[str]) -> 
     if state["pos_embed"].shape != fresh["pos_embed"].shape:  # another grid: the fixed table of the new one
         state["pos_embed"] = fresh["pos_embed"].detach().cpu().clone()
     model.load_state_dict(state, strict=True)
-    return {"path": str(source.path.resolve()), "kind": source.kind, "weights": info.weights, "step": info.step,
+    return {"path": str(source.path.resolve()), "file": str(source.file.resolve()), "kind": source.kind,
+            "weights": info.weights, "step": info.step,
             "weights_sha256": digest, "image_size": info.image_size,
             "class_rows": {class_names[n]: info.class_names[o] for n, o in rows.items()}}  # fmt: skip
 

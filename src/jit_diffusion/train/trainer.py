@@ -42,6 +42,7 @@ from .health import (
 )
 from .init import describe_init, freeze, init_weights, recorded_origin
 from .log import LogWindow, RunLog
+from .lora import describe_lora, slim_state, start_lora, validate_lora
 from .optim import build_optimizer, learning_rate, param_groups, set_learning_rate
 from .pmf_optim import build_pmf_optimizer, edm_ema_decays
 from .preview import PreviewGrid
@@ -67,6 +68,7 @@ class Trainer:
         self.cfg = dataclasses.replace(cfg, compile=compiles(cfg, self.device))  # saved as what is done
         self.run_dir = Path(cfg.out)
         validate(cfg, self.dist.world_size)
+        validate_lora(cfg)
         self.overwrite = check_run_folder(self.run_dir, resume, overwrite)
         barrier(self.dist)  # every rank has looked before rank 0 writes anything
         self.preemption = Preemption(cfg.preempt_signals)
@@ -84,7 +86,7 @@ class Trainer:
         else:
             self.augment = Augment(self.objective, seed=cfg.seed, null_label=self.num_classes)
         self.use_bf16 = use_bf16(self.device, cfg.precision)
-        self.step, self.origin = 0, None
+        self.step, self.origin, self.lora = 0, None, None
         ckpt = read_resume(self.resume_from, self.cfg) if self.resume_from is not None else None
         self._setup_model(ckpt)
         if ckpt is not None:
@@ -132,7 +134,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = build_network(cfg, self.num_classes).to(self.device)
         self.model.grad_checkpointing = cfg.grad_checkpointing
-        if ckpt is not None:
+        if cfg.lora_rank:  # base from the source, adapters fresh or the checkpoint's
+            recorded = recorded_origin(self.run_dir) if ckpt is not None else None
+            self.origin, self.lora = start_lora(self.model, cfg, self.class_names, ckpt, recorded)
+        elif ckpt is not None:
             self.model.load_state_dict(ckpt["model"], strict=True)  # full weights, before any sharding
             self.origin = recorded_origin(self.run_dir)
         elif cfg.init_from:
@@ -140,6 +145,8 @@ class Trainer:
         frozen = freeze(self.model, cfg.freeze)  # before DDP/FSDP and the optimizer, which skip them
         if self.dist.is_main and ckpt is None and (self.origin or frozen):
             print(describe_init(self.origin, frozen))
+            if self.lora:
+                print(describe_lora(self.model, cfg, self.origin, self.num_classes))
         self.raw_model = self.model
         self.sharded = self.dist.enabled and cfg.fsdp
         if cfg.compile:
@@ -152,7 +159,9 @@ class Trainer:
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         # --ema-half-lives: the decays follow the EDM rule, set before each update (train_step)
         self.ema_half_lives = {f"ema{i + 1}": kimg for i, kimg in enumerate(cfg.ema_half_lives)}
-        self.ema = EMA(self.model, cfg.ema_decays or [0.0] * len(self.ema_half_lives))
+        # frozen weights (--freeze, LoRA's base) are their own average: the EMAs hold only what trains
+        self.ema = EMA(self.model, cfg.ema_decays or [0.0] * len(self.ema_half_lives),
+                       trainable_only=bool(self.lora or frozen))  # fmt: skip
         if cfg.optimizer == "muon":
             self.optimizer = build_pmf_optimizer(self.model, cfg.lr_value(), betas=(cfg.beta1, cfg.beta2))
         else:
@@ -177,10 +186,11 @@ class Trainer:
 
     def state(self) -> dict:
         """Everything needed to continue exactly (full CPU tensors); under FSDP every rank must call this."""
-        return training_state(raw_model=self.raw_model, model=self.model, ema=self.ema, optimizer=self.optimizer,
-                              sharded=self.sharded, dist=self.dist, step=self.step,
-                              steps_per_epoch=self.steps_per_epoch, cfg=self.cfg,
-                              class_names=self.class_names)  # fmt: skip
+        state = training_state(raw_model=self.raw_model, model=self.model, ema=self.ema, optimizer=self.optimizer,
+                               sharded=self.sharded, dist=self.dist, step=self.step,
+                               steps_per_epoch=self.steps_per_epoch, cfg=self.cfg,
+                               class_names=self.class_names)  # fmt: skip
+        return slim_state(state, self.lora) if self.lora else state
 
     def save(self) -> Path | None:
         """Write the checkpoint of the current step (collective; the path on rank 0). A full disk or a
@@ -304,7 +314,7 @@ class Trainer:
             "num_classes": self.num_classes, "class_names": self.class_names,
             "model_config": dataclasses.asdict(self.raw_model.config),
             "params": self.raw_model.num_params(), "device": str(self.device), "model_family": self.cfg.family,
-            "init_from": self.origin,
+            "init_from": self.origin, "lora": self.lora,
         }  # fmt: skip
 
     def _after_step(self, lr: float) -> bool:
