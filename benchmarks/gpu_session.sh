@@ -9,7 +9,8 @@
 #      (compile included; --metrics none, so it is generation only);
 #   6. if time is left, the fast training path with the PyTorch ops instead of the Triton kernels;
 #   7. if time is left, a pMF-B/16 training step (pMF objective, JVP, Muon, EDM EMAs; eager) against the
-#      JiT-B/16 step of the same batch and precision, also eager (pMF runs without compile).
+#      JiT-B/16 step of the same batch and precision, also eager (pMF runs without compile);
+#   8. if time is left, fine-tuning memory: full vs LoRA vs frozen trunk, +- gradient checkpointing, B/16 and L/16.
 # Each step is cut at its own limit and at the overall budget, so the script always ends in time.
 # Logs (one file per step), traces and summary.txt go to ${OUT:-/tmp/jit-gpu}.
 #   bash benchmarks/gpu_session.sh
@@ -48,13 +49,14 @@ if [[ ${SMOKE:-0} == 1 ]]; then
   MODEL=(--model JiT-Ti/4 --img-size 16 --device cpu) TRAIN=(--batch-size 8 --steps 2 --warmup 1 --profile 1)
   SAMPLE=(--steps 3) BATCHES=(8 8,16) COMPILE=none EXPORT=JiT-Ti/4 EVAL=(--num 16 --steps 3 --device cpu)
   PMF=(--model pMF-Ti/4 --img-size 16 --device cpu) JIT_SAME=(--model JiT-Ti/4 --img-size 16 --device cpu)
+  FINETUNE=(--models JiT-Ti/4 --img-size 16 --batch-size 4 --device cpu --steps 1)
 else
   MODEL=(--model JiT-B/16) TRAIN=(--batch-size 128 --steps 20 --warmup 5 --profile 3) SAMPLE=()
   BATCHES=(128 256,512,128) COMPILE=model EXPORT=JiT-B/16 EVAL=(--num 1024 --steps 50)
-  PMF=(--model pMF-B/16) JIT_SAME=(--model JiT-B/16)
+  PMF=(--model pMF-B/16) JIT_SAME=(--model JiT-B/16) FINETUNE=(--preset gpu)
 fi
-step tests 100 $PY -m pytest -p no:cacheprovider -m "not slow" ../tests/test_fast_path.py ../tests/test_rng.py \
-  ../tests/test_graphed_step.py
+step tests 100 $PY -m pytest -p no:cacheprovider -m "not slow" ../tests/models/test_fast_path.py \
+  ../tests/core/test_rng.py ../tests/train/test_graphed_step.py
 step fast_path 130 $PY check_fast_path.py "${MODEL[@]}" --compile $COMPILE
 step train_before 120 $PY bench_train.py "${MODEL[@]}" "${TRAIN[@]}" --compile blocks --kernels off \
   --trace-dir "$out/traces" --label before
@@ -74,7 +76,8 @@ step train_after_no_kernels 150 $PY bench_train.py "${MODEL[@]}" "${TRAIN[@]}" -
   --kernels off --trace-dir "$out/traces" --label after-no-kernels
 step train_pmf 150 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" --profile 0 --kernels off --label pmf
 step train_jit_eager 120 $PY bench_train.py "${JIT_SAME[@]}" "${TRAIN[@]}" --profile 0 --kernels off --label jit-eager
-grep -h -E "passed|failed|error|PASS|FAIL|^train:|^sample:|^eval_cli:|peak memory|^profile|^  [a-z+]+ +[0-9.]+ ms" \
-  "$out"/tests.txt "$out"/fast_path.txt "$out"/train_*.txt "$out"/sample_*.txt "$out"/eval_cli.txt 2>/dev/null \
+step finetune_memory 150 $PY bench_finetune_memory.py "${FINETUNE[@]}"
+grep -h -E "passed|failed|error|PASS|FAIL|^\| JiT|^train:|^sample:|^eval_cli:|peak memory|^profile|^  [a-z+]+ +[0-9.]+ ms" \
+  "$out"/tests.txt "$out"/fast_path.txt "$out"/train_*.txt "$out"/sample_*.txt "$out"/eval_cli.txt "$out"/finetune_memory.txt 2>/dev/null \
   | tee "$out/summary.txt"
 echo "total $(($(date +%s) - start)) s" | tee -a "$out/summary.txt"

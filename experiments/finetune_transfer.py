@@ -64,15 +64,16 @@ def train(args: argparse.Namespace) -> None:
               "--sample-every", "0", "--sample-cfg", "3.0", "--device", "cpu"]  # fmt: skip
     names = args.runs.split(",")
     if {"full", "lora"} & set(names):  # the source model first
-        _train(out / "runs" / "pretrain", [*common, "--data", str(out / "source"), "--lr", "1e-3", "--warmup-steps",
-                                           "200", "--steps", str(args.pretrain_steps), "--ckpt-every", "500"])  # fmt: skip
+        source = ["--data", str(out / "source"), "--lr", "1e-3", "--warmup-steps", "200"]
+        _train(out / "runs" / "pretrain", [*common, *source, "--steps", str(args.pretrain_steps), "--ckpt-every", "500"])
     every = ["--steps", str(args.steps), "--ckpt-every", str(args.steps // args.points), "--keep-last", "0"]
     target = [*common, "--data", str(out / "target"), *every]
     init = ["--init-from", str(out / "runs" / "pretrain"), "--init-weights", "ema1"]
     settings = {
         "scratch": ["--lr", "1e-3", "--warmup-steps", "200"],
         "full": [*init, "--lr", str(args.lr), "--warmup-steps", "50"],
-        "lora": [*init, "--lr", str(args.lora_lr), "--warmup-steps", "50", "--lora-rank", str(args.lora_rank)],
+        "lora": [*init, "--lr", str(args.lora_lr), "--warmup-steps", "50", "--lora-rank", str(args.lora_rank),
+                 "--lora-targets", "attn.qkv,attn.proj,mlp.w12,mlp.w3,y_embedder.embedding_table"],  # new label rows
     }
     for name in names:
         _train(out / "runs" / name, [*target, *settings[name]])
