@@ -96,6 +96,7 @@ class TrainConfig:
     # pMF (--model pMF-*; family defaults in family_defaults): guidance-weight law, flow-matching share, EMAs
     cfg_max: float = 7.0  # omega ~ 1/omega on [1, 1 + cfg_max]
     fm_fraction: float = 0.5  # share of the global batch with r = t
+    tr_uniform: float = 0.0  # share of images with t, r ~ U(0, 1) instead of logit-normal (H/16 recipe: 0.1)
     optimizer: str = "adamw"  # or muon (pMF: Muon on matrices, Nesterov Adam on the rest)
     ema_half_lives: list[float] = field(default_factory=list)  # kimg, EDM rule each step (instead of ema_decays)
 
@@ -114,9 +115,11 @@ class TrainConfig:
             try:
                 return PMFObjective(p_mean=self.p_mean, p_std=self.p_std, cfg_max=self.cfg_max,
                                     noise_scale=self.noise_scale, data_proportion=self.fm_fraction,
-                                    class_dropout_prob=self.label_drop, t_clip=self.t_eps)  # fmt: skip
+                                    class_dropout_prob=self.label_drop, t_clip=self.t_eps,
+                                    tr_uniform=self.tr_uniform)  # fmt: skip
             except ValueError as err:
-                raise UserError(f"--cfg-max/--fm-fraction/--label-drop/--p-std/--noise-scale: {err}") from None
+                flags = "--cfg-max/--fm-fraction/--tr-uniform/--label-drop/--p-std/--noise-scale"
+                raise UserError(f"{flags}: {err}") from None
         return FlowMatching(
             prediction=self.prediction, loss=self.loss, p_mean=self.p_mean, p_std=self.p_std, t_eps=self.t_eps,
             noise_scale=self.noise_scale, label_drop_prob=self.label_drop,
@@ -128,8 +131,8 @@ TRAJECTORY_FIELDS = {
     "model", "img_size", "bottleneck_dim", "attn_drop", "proj_drop", "data", "data_split", "prediction",
     "loss", "p_mean", "p_std", "noise_scale", "t_eps", "label_drop", "batch_size", "lr", "blr", "min_lr",
     "schedule", "warmup_epochs", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "ema_decays",
-    "seed", "cfg_max", "fm_fraction", "optimizer", "ema_half_lives", "freeze", "lora_rank", "lora_alpha",
-    "lora_targets",
+    "seed", "cfg_max", "fm_fraction", "tr_uniform", "optimizer", "ema_half_lives", "freeze", "lora_rank",
+    "lora_alpha", "lora_targets",
 }  # fmt: skip
 
 
@@ -272,6 +275,8 @@ def validate_family(cfg: TrainConfig, world_size: int) -> None:
             raise UserError("--ema-half-lives with --cuda-graph: a captured step keeps fixed EMA decays; use --ema")
         if cfg.optimizer == "muon":
             raise UserError("--optimizer muon is for pMF models (--model pMF-...); JiT trains with adamw")
+        if cfg.tr_uniform:
+            raise UserError("--tr-uniform is for pMF models (--model pMF-...); JiT draws one logit-normal time")
         return
     jit_only = {  # flag -> why not, when given
         "--prediction/--loss": (cfg.prediction != _OBJECTIVE.prediction or cfg.loss != _OBJECTIVE.loss,
