@@ -81,7 +81,7 @@ def test_muon_for_jit_and_unlabelled_data_are_refused(tmp_path, capsys):
     assert cli.main(["train", "--model", "JiT-Ti/4", "--img-size", "16", "--batch-size", "8", "--tr-uniform", "0.1",
                      "--data", str(flat), "--steps", "1", "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--tr-uniform is for pMF models" in err[0]
+    assert len(err) == 1 and "--tr-uniform/--lpips-weights/--convnext-weights are for pMF models" in err[0]
 
 
 def _config(tmp_path, name, **fields) -> TrainConfig:

@@ -159,9 +159,12 @@ class PMFObjective:
         total = adaptive_weighted(terms["u"], self.norm_eps, self.norm_p)
         total = total + adaptive_weighted(terms["v"], self.norm_eps, self.norm_p)
         if self.perceptual:
-            x_hat, near = z - t.view(shape) * u, t < self.perceptual_max_t
+            x_hat = z - t.view(shape) * u  # the one-step image, compared with x where t < perceptual_max_t
+            near = (t < self.perceptual_max_t).nonzero()[:, 0]  # only those images go through the feature nets
             for i, (weight, term) in enumerate(self.perceptual):
-                value = torch.where(near, term(x_hat, x), torch.zeros_like(t))
+                value = torch.zeros_like(t)
+                if len(near):
+                    value = value.index_put((near,), term(x_hat[near], x[near]).to(t.dtype))
                 terms[f"perceptual{i}"] = value
                 total = total + weight * adaptive_weighted(value, self.norm_eps, self.norm_p)
         terms["loss"] = total

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -97,6 +98,11 @@ class TrainConfig:
     cfg_max: float = 7.0  # omega ~ 1/omega on [1, 1 + cfg_max]
     fm_fraction: float = 0.5  # share of the global batch with r = t
     tr_uniform: float = 0.0  # share of images with t, r ~ U(0, 1) instead of logit-normal (H/16 recipe: 0.1)
+    lpips_weights: str | None = None  # local file(s) of the LPIPS term (:mod:`.perceptual`); None = off
+    lpips_loss_weight: float = 0.4
+    convnext_weights: str | None = None  # local file of the ConvNeXt term; None = off
+    convnext_loss_weight: float = 0.1
+    perceptual_max_t: float = 0.8  # pMF time: the perceptual terms apply where t < this (H/16: 0.6)
     optimizer: str = "adamw"  # or muon (pMF: Muon on matrices, Nesterov Adam on the rest)
     ema_half_lives: list[float] = field(default_factory=list)  # kimg, EDM rule each step (instead of ema_decays)
 
@@ -116,7 +122,7 @@ class TrainConfig:
                 return PMFObjective(p_mean=self.p_mean, p_std=self.p_std, cfg_max=self.cfg_max,
                                     noise_scale=self.noise_scale, data_proportion=self.fm_fraction,
                                     class_dropout_prob=self.label_drop, t_clip=self.t_eps,
-                                    tr_uniform=self.tr_uniform)  # fmt: skip
+                                    tr_uniform=self.tr_uniform, perceptual_max_t=self.perceptual_max_t)  # fmt: skip
             except ValueError as err:
                 flags = "--cfg-max/--fm-fraction/--tr-uniform/--label-drop/--p-std/--noise-scale"
                 raise UserError(f"{flags}: {err}") from None
@@ -131,8 +137,8 @@ TRAJECTORY_FIELDS = {
     "model", "img_size", "bottleneck_dim", "attn_drop", "proj_drop", "data", "data_split", "prediction",
     "loss", "p_mean", "p_std", "noise_scale", "t_eps", "label_drop", "batch_size", "lr", "blr", "min_lr",
     "schedule", "warmup_epochs", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "ema_decays",
-    "seed", "cfg_max", "fm_fraction", "tr_uniform", "optimizer", "ema_half_lives", "freeze", "lora_rank",
-    "lora_alpha", "lora_targets",
+    "seed", "cfg_max", "fm_fraction", "tr_uniform", "lpips_loss_weight", "convnext_loss_weight", "perceptual_max_t",
+    "optimizer", "ema_half_lives", "freeze", "lora_rank", "lora_alpha", "lora_targets",
 }  # fmt: skip
 
 
@@ -275,8 +281,8 @@ def validate_family(cfg: TrainConfig, world_size: int) -> None:
             raise UserError("--ema-half-lives with --cuda-graph: a captured step keeps fixed EMA decays; use --ema")
         if cfg.optimizer == "muon":
             raise UserError("--optimizer muon is for pMF models (--model pMF-...); JiT trains with adamw")
-        if cfg.tr_uniform:
-            raise UserError("--tr-uniform is for pMF models (--model pMF-...); JiT draws one logit-normal time")
+        if cfg.tr_uniform or cfg.lpips_weights or cfg.convnext_weights:
+            raise UserError("--tr-uniform/--lpips-weights/--convnext-weights are for pMF models (--model pMF-...)")
         return
     jit_only = {  # flag -> why not, when given
         "--prediction/--loss": (cfg.prediction != _OBJECTIVE.prediction or cfg.loss != _OBJECTIVE.loss,
@@ -290,6 +296,13 @@ def validate_family(cfg: TrainConfig, world_size: int) -> None:
         if given:
             raise UserError(f"{flag} is not available for pMF models ({cfg.model}): {why}")
     cfg.objective()  # the objective's own range checks, named by flag
+    if not 0 < cfg.perceptual_max_t <= 1 or min(cfg.lpips_loss_weight, cfg.convnext_loss_weight) < 0:
+        raise UserError(f"--perceptual-max-t must lie in (0, 1] and the perceptual loss weights be >= 0, got "
+                        f"{cfg.perceptual_max_t}, {cfg.lpips_loss_weight}, {cfg.convnext_loss_weight}")
+    for flag, path in (("--lpips-weights", cfg.lpips_weights), ("--convnext-weights", cfg.convnext_weights)):
+        missing = [p for p in (path or "").split(",") if p.strip() and not Path(p.strip()).is_file()]
+        if missing:
+            raise UserError(f"{flag} {missing[0].strip()}: no such file (perceptual weights are local files only)")
     if cfg.sample_cfg < 1.0:
         raise UserError(f"--sample-cfg: the pMF guidance weight omega must be >= 1, got {cfg.sample_cfg}")
     try:

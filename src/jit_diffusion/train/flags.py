@@ -96,6 +96,14 @@ FLAGS = [
     ("--fm-fraction", "fm_fraction", float, "pMF: share of the global batch trained with r = t (default 0.5)"),
     ("--tr-uniform", "tr_uniform", float, "pMF: share of images whose t and r are both drawn from U(0, 1) instead of "
      "the logit-normal (default 0; the public H/16 recipe: 0.1)"),
+    ("--lpips-weights", "lpips_weights", str, "pMF: add the LPIPS term, from LOCAL files: torchvision's vgg16 state "
+     "dict and the LPIPS vgg.pth (comma-separated, or one file with both); nothing is downloaded"),
+    ("--lpips-loss-weight", "lpips_loss_weight", float, "pMF: weight of the LPIPS term (default 0.4)"),
+    ("--convnext-weights", "convnext_weights", str, "pMF: add the ConvNeXt logit-distance term, from a LOCAL "
+     "torchvision convnext_{tiny,small,base,large} state dict"),
+    ("--convnext-loss-weight", "convnext_loss_weight", float, "pMF: weight of the ConvNeXt term (default 0.1)"),
+    ("--perceptual-max-t", "perceptual_max_t", float, "pMF: the perceptual terms compare the one-step image with "
+     "the data where the pMF time t (1 = noise) is below this (default 0.8; H/16: 0.6)"),
 ]
 
 PMF_EPILOG = ("pMF models (--model pMF-Ti/4 ... pMF-H/32) train with the pMF objective (one-step generation); "
