@@ -73,8 +73,8 @@ FLAGS = [
     ("--sample-method", "sample_method", str, "ODE solver of the sample grids and the model's default: heun "
      "(default), euler, dpm++2m, dpm++3m, unipc"),
     ("--init-from", "init_from", str, "fine-tune: start a new run from this model's weights (run folder, checkpoint, "
-     "export, official .pth, diffusers folder); its preset, image size, prediction, noise scale and sampling "
-     "settings are inherited unless given; optimizer and step start fresh"),
+     "export, official .pth, diffusers folder; pMF runs from pMF sources); its preset, image size, prediction, noise "
+     "scale and sampling settings are inherited unless given; optimizer and step start fresh"),
     ("--init-weights", "init_weights", str, "which weights of --init-from: ema1 (default), ema2 or raw"),
     ("--class-map", "class_map", str, "--init-from: label rows of classes with the same name are copied ('auto', "
      "default) or as a JSON file maps new -> source classes (names or indices); others start at the mean row"),
