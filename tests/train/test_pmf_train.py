@@ -52,7 +52,7 @@ def test_family_defaults_only_where_not_given():
 @pytest.mark.parametrize("flags, needle", [
     (["--prediction", "eps"], "--prediction/--loss is not available for pMF models"),
     (["--cuda-graph"], "--cuda-graph is not available for pMF"),
-    (["--compile"], "--compile is not available for pMF"),
+    (["--compile", "--fsdp"], "--compile with --fsdp is not available for pMF"),
     (["--grad-checkpointing"], "--grad-checkpointing is not available for pMF"),
     (["--attn-drop", "0.1"], "--attn-drop/--proj-drop"),
     (["--weight-decay", "0.1"], "--weight-decay: the pMF recipe's Muon has no weight decay"),

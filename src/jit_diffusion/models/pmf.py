@@ -137,6 +137,7 @@ class PMF(nn.Module):
         cos, sin = rope_tables_2d(H // config.num_heads, config.grid_size, config.num_prefix)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.jvp_transform = "forward_ad"  # or "func" (torch.func.jvp): what a compiled forward traces
         self.initialize_weights()
 
     @property
@@ -150,6 +151,18 @@ class PMF(nn.Module):
         for module in self.modules():
             if isinstance(module, PMFAttention):
                 module.jvp_mode = mode
+
+    def compile_model(self, scope: str = "model", **compile_kwargs) -> None:
+        """torch.compile the whole forward in place (weights keep their names), the JVP included: a compiled
+        graph has no forward-AD formula (AOTAutograd), so the JVP switches to ``torch.func.jvp``, which the
+        compiler traces into plain ops, with attention written out (``math``). Static shapes by default."""
+        if scope != "model":
+            raise ValueError(f"a pMF network compiles as one graph (scope 'model'), got {scope!r}")
+        JiT._raise_recompile_limit()
+        self.set_jvp_mode("math")
+        self.jvp_transform = "func"
+        compile_kwargs.setdefault("dynamic", False)
+        self.compile(**compile_kwargs)
 
     @torch.no_grad()
     def init_tables(self) -> None:
@@ -230,12 +243,26 @@ class PMF(nn.Module):
         it: detach it or use it under stop-gradient). The v head runs on the trunk's value only.
 
         It runs inside ``forward`` so that DDP/FSDP wrappers see one ordinary call."""
+        if self.jvp_transform == "func":
+            return self._func_jvp(z, t, h, omega, t_min, t_max, y, tangent_z)
         with fwAD.dual_level():
             ones = torch.ones_like(t)
             z_dual, t_dual = fwAD.make_dual(z, tangent_z.to(z.dtype)), fwAD.make_dual(t, ones)
             tokens = self.trunk(z_dual, fwAD.make_dual(h, ones), omega, t_min, t_max, y)
             u, du_dt = fwAD.unpack_dual(self.velocity(z_dual, self.head(tokens, "u"), t_dual))
             tokens = fwAD.unpack_dual(tokens).primal
+        v = self.velocity(z, self.head(tokens, "v"), t) if self.has_v_head else None
+        return u, v, du_dt.detach()
+
+    def _func_jvp(self, z, t, h, omega, t_min, t_max, y, tangent_z):
+        """:meth:`forward_with_jvp` through ``torch.func.jvp`` (what ``compile_model`` uses); same values."""
+
+        def u_and_tokens(z_, t_, h_):
+            tokens = self.trunk(z_, h_, omega, t_min, t_max, y)
+            return self.velocity(z_, self.head(tokens, "u"), t_), tokens
+
+        ones = torch.ones_like(t)
+        u, du_dt, tokens = torch.func.jvp(u_and_tokens, (z, t, h), (tangent_z.to(z.dtype), ones, ones), has_aux=True)
         v = self.velocity(z, self.head(tokens, "v"), t) if self.has_v_head else None
         return u, v, du_dt.detach()
 

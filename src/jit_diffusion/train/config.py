@@ -199,8 +199,10 @@ def build_network(cfg: TrainConfig, num_classes: int) -> JiT | PMF:
 
 
 def compiles(cfg: TrainConfig, device: torch.device) -> bool:
-    """Whether the model gets ``torch.compile``: on CUDA unless ``--no-compile``; never elsewhere (nor pMF)."""
-    return device.type == "cuda" and cfg.compile is not False and cfg.family == "jit"
+    """Whether the model gets ``torch.compile``: on CUDA unless ``--no-compile`` (pMF: only with ``--compile``);
+    never elsewhere."""
+    wanted = cfg.compile is not False if cfg.family == "jit" else cfg.compile is True
+    return device.type == "cuda" and wanted
 
 
 def compile_scope(sharded: bool) -> str:
@@ -289,7 +291,8 @@ def validate_family(cfg: TrainConfig, world_size: int) -> None:
                                 "the pMF objective is fixed (x-prediction, u and v losses)"),
         "--attn-drop/--proj-drop": (bool(cfg.attn_drop or cfg.proj_drop), "the pMF network has no dropout"),
         "--cuda-graph": (cfg.cuda_graph, "its step (forward-mode JVP, Muon) is not captured"),
-        "--compile": (bool(cfg.compile), "its forward-mode JVP runs eagerly"),
+        "--compile with --fsdp": (bool(cfg.compile and cfg.fsdp), "the compiled JVP graph is not traced through "
+                                  "FSDP2's hooks"),
         "--grad-checkpointing": (cfg.grad_checkpointing, "not with the forward-mode JVP"),
     }  # fmt: skip
     for flag, (given, why) in jit_only.items():

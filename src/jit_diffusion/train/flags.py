@@ -110,8 +110,9 @@ PMF_EPILOG = ("pMF models (--model pMF-Ti/4 ... pMF-H/32) train with the pMF obj
               "their defaults where not given: --p-mean 0.8 --p-std 0.8, the preset's --noise-scale, "
               "--optimizer muon --lr 1e-3 constant without warm-up, --ema-half-lives 500,1000,2000, and sample "
               "grids with the preset's public guidance (--sample-cfg = omega, --sample-interval in our time, "
-              "--sample-steps 1). Not for pMF: --prediction/--loss, dropout, --cuda-graph, --compile, "
-              "--grad-checkpointing; --fsdp shards the whole network as one unit and needs --optimizer adamw.")
+              "--sample-steps 1). Not for pMF: --prediction/--loss, dropout, --cuda-graph, "
+              "--grad-checkpointing; --compile (CUDA, opt-in) traces the JVP with torch.func.jvp; --fsdp shards the "
+              "whole network as one unit and needs --optimizer adamw.")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -132,7 +133,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     for flag, name, typ, help_text in FLAGS:
         p.add_argument(flag, dest=name, type=typ, default=None, help=help_text)
     p.add_argument("--compile", dest="compile", action="store_const", const=True, default=None,
-                   help="torch.compile the model (the default on CUDA; never on CPU)")
+                   help="torch.compile the model (JiT: the default on CUDA; pMF: only when given; never on CPU)")
     p.add_argument("--no-compile", dest="compile", action="store_const", const=False,
                    help="do not compile (faster start, slower steps)")
     p.add_argument("--cuda-graph", dest="cuda_graph", action="store_const", const=True, default=None,
