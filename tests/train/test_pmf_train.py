@@ -173,7 +173,7 @@ class MeanImage(torch.nn.Module):
         super().__init__()
         self.mean = mean
 
-    def forward(self, z, t, h, omega, t_min, t_max, y, heads=None, jvp_tangent=None):
+    def forward(self, z, t, h, omega, t_min, t_max, y, heads=None, jvp_tangent=None, jvp_rows=None):
         u = (z - self.mean.expand_as(z)) / t.clamp(0.05, 1.0).view(-1, 1, 1, 1)
         return (u, u, torch.zeros_like(u)) if jvp_tangent is not None else (u, u)
 

@@ -127,17 +127,22 @@ class PMFObjective:
     def guided_target(self, model, z, t, v_t, labels, draws: MeanFlowDraws, null_label: int):
         """(v_g, v_c): the guided velocity target and the conditional velocity (the JVP tangent), both from
         the v head at h = 0 with the interval input [0, 1]: v_g = v_t + (1 - 1/w)(v_c - v_u), v_c at (y, w),
-        v_u at (null, 1), w = omega inside [t_min, t_max] and 1 outside. One forward of 2B rows: the public
-        code's third set, (y, omega) for the flow-matching images, equals (y, w) there (their interval is
-        [0, 1], so w = omega), and its result is used nowhere else."""
+        v_u at (null, 1), w = omega inside [t_min, t_max] and 1 outside. One forward of B + n rows: v_c for
+        every image, v_u only for the n images whose target uses it (w may differ from 1 and the class is
+        kept: elsewhere (1 - 1/w) = 0 or dropout replaces the target by v_t); a compiled network, which wants
+        fixed shapes, gets all 2B. The public code's third set, (y, omega) for the flow-matching images,
+        equals (y, w) there (their interval is [0, 1], so w = omega), and its result is used nowhere else."""
         B = z.shape[0]
         inside = draws.flow_matching | ((t >= draws.t_min) & (t <= draws.t_max))
         w = torch.where(inside, draws.omega, torch.ones_like(draws.omega))
-        rows = lambda *parts: torch.cat(parts)  # noqa: E731
-        zeros, ones = torch.zeros_like(t), torch.ones_like(t)
-        _, v_all = model(rows(z, z), rows(t, t), rows(zeros, zeros), rows(w, ones), rows(zeros, zeros),
-                         rows(ones, ones), rows(labels, torch.full_like(labels, null_label)), heads="v")  # fmt: skip
-        v_c, v_u = v_all.to(v_t.dtype).split(B)
+        every = torch.arange(B, device=z.device)
+        picked = every if fixed_shapes(model) else (inside & ~draws.dropped).nonzero()[:, 0]  # (n,) rows of v_u
+        rows = lambda full, part: torch.cat([full, part[picked]])  # noqa: E731
+        zeros, ones = torch.zeros(B + len(picked), dtype=t.dtype, device=t.device), torch.ones_like(t)
+        _, v_all = model(rows(z, z), rows(t, t), zeros, rows(w, ones), zeros, zeros + 1,
+                         rows(labels, torch.full_like(labels, null_label)), heads="v")  # fmt: skip
+        v_c, v_u_rows = v_all.to(v_t.dtype).split([B, len(picked)])
+        v_u = torch.zeros_like(v_c).index_copy(0, picked, v_u_rows)  # 0 where unused
         return v_t + (1 - 1 / w).view(-1, 1, 1, 1) * (v_c - v_u), v_c
 
     def per_sample_losses(self, model, x, labels, draws: MeanFlowDraws, null_label: int | None = None):
@@ -153,7 +158,8 @@ class PMFObjective:
         v_t = (z - x) / t.clamp(self.t_clip, 1.0).view(shape)
         v_g, v_c = self.guided_target(model, z, t, v_t, labels, draws, null_label)
         labels, v_g = drop_classes(labels, v_g, v_t, draws.dropped, null_label)
-        u, v, du_dt = model(z, t, t - r, draws.omega, draws.t_min, draws.t_max, labels, jvp_tangent=v_c)
+        u, v, du_dt = model(z, t, t - r, draws.omega, draws.t_min, draws.t_max, labels, jvp_tangent=v_c,
+                            jvp_rows=~draws.flow_matching)  # r = t: (t - r) du/dt = 0, no JVP needed there
         V = u + (t - r).view(shape) * du_dt  # du_dt carries no gradient
         terms = {"u": (V - v_g).square().sum(dim=(1, 2, 3)), "v": (v - v_g).square().sum(dim=(1, 2, 3))}
         total = adaptive_weighted(terms["u"], self.norm_eps, self.norm_p)
@@ -174,6 +180,14 @@ class PMFObjective:
              null_label: int | None = None) -> torch.Tensor:  # fmt: skip
         """Mean over the batch of the adaptively weighted u, v (and perceptual) terms; ``x`` in [-1, 1]."""
         return self.per_sample_losses(model, x, labels, draws, null_label)["loss"].mean()
+
+
+def fixed_shapes(model) -> bool:
+    """Whether ``model`` (through torch.compile and DDP wrappers) was compiled for fixed shapes (a pMF
+    network's ``compile_model``): the objective then keeps its batch sizes fixed."""
+    inner = getattr(model, "_orig_mod", model)
+    inner = getattr(inner, "module", inner)
+    return getattr(inner, "jvp_transform", None) == "func"
 
 
 def num_classes(model) -> int:

@@ -224,11 +224,14 @@ class PMF(nn.Module):
         """(z - x_hat) / clip(t, 0.05, 1): the velocity in pMF time of an image prediction (fp32)."""
         return (at_least_fp32(z) - at_least_fp32(x_pred)) / at_least_fp32(t).clamp(0.05, 1.0).view(-1, 1, 1, 1)
 
-    def forward(self, z, t, h, omega, t_min, t_max, y, heads: str | None = None, jvp_tangent=None):
+    def forward(self, z, t, h, omega, t_min, t_max, y, heads: str | None = None, jvp_tangent=None, jvp_rows=None):
         """z (B, C, H, W); t, h, omega, t_min, t_max (B,) in pMF time; y (B,). Returns (u, v).
 
         ``heads``: "u", "v" or "uv" (default: both when the model has a v head, else "u").
-        ``jvp_tangent`` (B, C, H, W): return (u, v, du/dt) instead, see :meth:`forward_with_jvp`."""
+        ``jvp_tangent`` (B, C, H, W): return (u, v, du/dt) instead, see :meth:`forward_with_jvp`;
+        ``jvp_rows`` (B,) bool: du/dt is needed only there (0 elsewhere), see :meth:`jvp_on_rows`."""
+        if jvp_tangent is not None and jvp_rows is not None and self.jvp_transform != "func":
+            return self.jvp_on_rows(z, t, h, omega, t_min, t_max, y, jvp_tangent, jvp_rows)
         if jvp_tangent is not None:
             return self.forward_with_jvp(z, t, h, omega, t_min, t_max, y, jvp_tangent)
         heads = ("uv" if self.has_v_head else "u") if heads is None else heads
@@ -253,6 +256,23 @@ class PMF(nn.Module):
             tokens = fwAD.unpack_dual(tokens).primal
         v = self.velocity(z, self.head(tokens, "v"), t) if self.has_v_head else None
         return u, v, du_dt.detach()
+
+    def jvp_on_rows(self, z, t, h, omega, t_min, t_max, y, tangent_z, rows):
+        """:meth:`forward_with_jvp` where only ``rows`` (B,) bool need du/dt (returned as 0 elsewhere): those
+        rows go through forward AD, the others through the plain forward, which does no tangent work (the
+        pMF objective's flow-matching half has r = t, so its (t - r) du/dt is 0). Same values up to float
+        rounding; one host synchronisation (the row counts)."""
+        picked, others = rows.nonzero()[:, 0], (~rows).nonzero()[:, 0]
+        inputs = (z, t, h, omega, t_min, t_max, y)
+        if not len(others):
+            return self.forward_with_jvp(*inputs, tangent_z)
+        u0, v0 = self.forward(*(a[others] for a in inputs))
+        if not len(picked):
+            return u0, v0, torch.zeros_like(u0)
+        u1, v1, du1 = self.forward_with_jvp(*(a[picked] for a in inputs), tangent_z[picked])
+        back = torch.cat([picked, others]).argsort()  # (B,) each row back at its place
+        join = lambda a, b: None if a is None else torch.cat([a, b])[back]  # noqa: E731
+        return join(u1, u0), join(v1, v0), join(du1, torch.zeros_like(u0))
 
     def _func_jvp(self, z, t, h, omega, t_min, t_max, y, tangent_z):
         """:meth:`forward_with_jvp` through ``torch.func.jvp`` (what ``compile_model`` uses); same values."""
