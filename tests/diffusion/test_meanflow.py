@@ -229,3 +229,41 @@ def test_tr_uniform_draws_follow_the_mixture_law(share):
         assert abs((draws.t[fm] <= a).double().mean().item() - p_fm) < 0.008, (a, "fm")
     if share == 1.0:  # E[max] = 2/3, E[min] = 1/3 of two uniforms
         assert abs(draws.t[~fm].mean().item() - 2 / 3) < 0.005 and abs(draws.r[~fm].mean().item() - 1 / 3) < 0.005
+
+
+class Counting(torch.nn.Module):
+    """Wraps a network and counts the rows each call sees."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.rows = net, []
+        self.num_classes = net.num_classes
+
+    def forward(self, z, *args, **kwargs):
+        self.rows.append(z.shape[0])
+        return self.net(z, *args, **kwargs)
+
+
+def test_guided_velocities_compute_only_the_rows_used(model64):
+    """v_c for the asked rows, v_u where the class is kept and w may differ from 1; zeros elsewhere, the
+    computed rows equal to the v head's on the full batch."""
+    B = 8
+    objective = PMFObjective(class_dropout_prob=0.3)
+    draws = objective.counter_draws(2, 5, torch.arange(B), B, SHAPE)
+    draws = MeanFlowDraws(*(d.double() if d.is_floating_point() else d for d in vars(draws).values()))
+    z = torch.randn(B, *SHAPE, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    t, y, null = draws.t, torch.arange(B) % 4, 4
+    cond_rows = ~draws.flow_matching
+    counting = Counting(model64)
+    w, v_c, v_u = objective.guided_velocities(counting, z, t, y, draws, null, cond_rows)
+    inside = draws.flow_matching | ((t >= draws.t_min) & (t <= draws.t_max))
+    needed = inside & ~draws.dropped
+    assert 0 < needed.sum() < B and draws.dropped.any()
+    assert counting.rows == [int(cond_rows.sum() + needed.sum())]
+    zero, one = torch.zeros_like(t), torch.ones_like(t)
+    with torch.no_grad():
+        v_c_ref = model64(z, t, zero, w, zero, one, y, heads="v")[1]
+        v_u_ref = model64(z, t, zero, one, zero, one, torch.full_like(y, null), heads="v")[1]
+    assert torch.allclose(v_c[cond_rows], v_c_ref[cond_rows], atol=1e-12) and (v_c[~cond_rows] == 0).all()
+    assert torch.allclose(v_u[needed], v_u_ref[needed], atol=1e-12) and (v_u[~needed] == 0).all()
+    assert torch.equal(w, torch.where(inside, draws.omega, one))
