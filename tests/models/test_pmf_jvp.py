@@ -96,3 +96,19 @@ def test_gradients_through_u_are_those_of_the_plain_forward(model64):
 def test_set_jvp_mode_rejects_unknown(model64):
     with pytest.raises(ValueError, match="jvp mode"):
         model64.set_jvp_mode("flash")
+
+
+@pytest.mark.parametrize("rows", [[True, False, True, False], [False, False, False, False], [True] * 4])
+def test_jvp_on_rows_equals_the_full_jvp_where_asked_and_zero_elsewhere(model64, rows):
+    z, dz, t, h, cond, y = inputs64()
+    z, dz, t, h, y = torch.cat([z, z.flip(0)]), torch.cat([dz, -dz]), t.repeat(2), h.repeat(2), y.repeat(2)
+    cond = tuple(c.repeat(2) for c in cond)
+    model64.set_jvp_mode("function")
+    u, v, du_dt = model64(z, t, h, *cond, y, jvp_tangent=dz)
+    rows = torch.tensor(rows)
+    u_r, v_r, du_r = model64(z, t, h, *cond, y, jvp_tangent=dz, jvp_rows=rows)
+    assert torch.allclose(u_r, u, atol=1e-12) and torch.allclose(v_r, v, atol=1e-12)
+    assert torch.allclose(du_r[rows], du_dt[rows], atol=1e-12) and (du_r[~rows] == 0).all()
+    grads = torch.autograd.grad(u_r.square().mean() + v_r.mean(), list(model64.parameters()))
+    expected = torch.autograd.grad(u.square().mean() + v.mean(), list(model64.parameters()))
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(grads, expected))

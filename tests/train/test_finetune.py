@@ -155,7 +155,7 @@ def test_freeze_and_resume_of_a_finetuned_run(source, tmp_path, capsys):
     (["--model", "JiT-Ti/8", "--img-size", "16"], ["patch_size 4", "8"]),
     (["--bottleneck", "32"], ["bottleneck_dim 64", "32"]),
     (["--freeze", "blocks.9"], ["--freeze", "blocks.9"]),
-    (["--model", "pMF-Ti/4"], ["--model pMF-Ti/4", "JiT presets"]),
+    (["--model", "pMF-Ti/4"], ["a jit model cannot start a pmf run (--model pMF-Ti/4)", "keeps the model family"]),
     (["--class-map", "missing.json"], ["--class-map", "missing.json"]),
 ])  # fmt: skip
 def test_impossible_changes_are_one_line(source, tmp_path, capsys, extra, words):
@@ -202,7 +202,7 @@ def test_two_processes_match_one_when_fine_tuning(source, tmp_path):
                 assert torch.equal(two[key][name], source["ema1"][name]), (key, name)
 
 
-def test_a_pmf_source_is_one_line(source, tmp_path, capsys):
+def test_a_pmf_source_for_a_jit_model_is_one_line(source, tmp_path, capsys):
     from jit_diffusion.formats.pmf_official import to_official_keys
     from jit_diffusion.models.pmf import PMF
 
@@ -210,9 +210,10 @@ def test_a_pmf_source_is_one_line(source, tmp_path, capsys):
     model = PMF(input_size=16, patch_size=4, hidden_size=48, depth=2, num_heads=2, aux_head_depth=1, num_classes=4)
     torch.save(to_official_keys(model), folder)
     run = tmp_path / "run"
-    assert _train("--init-from", folder, "--data", source["data"], "--steps", 1, "--out", run) == 2
+    assert _train("--init-from", folder, "--model", "JiT-Ti/4", "--data", source["data"], "--steps", 1,
+                  "--out", run) == 2  # fmt: skip
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "pmf" in err and str(folder) in err, err
+    assert len(err.splitlines()) == 1 and "a pmf model cannot start a jit run" in err and str(folder) in err, err
 
 
 def test_init_from_an_official_checkpoint(source, tmp_path):

@@ -42,6 +42,8 @@ def test_family_defaults_only_where_not_given():
     assert (cfg.sample_cfg, cfg.sample_interval, cfg.sample_steps) == (6.5, [0.3, 0.9], 1)
     cfg, _ = config_from_args(_args("--model", "pMF-Ti/4", "--ema", "0.99", "--blr", "1e-4", "--optimizer", "adamw"))
     assert (cfg.ema_decays, cfg.ema_half_lives, cfg.lr, cfg.optimizer) == ([0.99], [], None, "adamw")
+    cfg, _ = config_from_args(_args("--model", "pMF-H/16", "--tr-uniform", "0.1"))
+    assert cfg.tr_uniform == 0.1 and cfg.objective().tr_uniform == 0.1
     jit, _ = config_from_args(_args("--model", "JiT-Ti/4"))
     assert jit == TrainConfig(model="JiT-Ti/4", steps=1000)  # JiT: the dataclass defaults, nothing else
     assert jit.family == "jit" and with_family_defaults({"model": "JiT-B/16"}) == {"model": "JiT-B/16"}
@@ -50,13 +52,14 @@ def test_family_defaults_only_where_not_given():
 @pytest.mark.parametrize("flags, needle", [
     (["--prediction", "eps"], "--prediction/--loss is not available for pMF models"),
     (["--cuda-graph"], "--cuda-graph is not available for pMF"),
-    (["--compile"], "--compile is not available for pMF"),
+    (["--compile", "--fsdp"], "--compile with --fsdp is not available for pMF"),
     (["--grad-checkpointing"], "--grad-checkpointing is not available for pMF"),
     (["--attn-drop", "0.1"], "--attn-drop/--proj-drop"),
     (["--weight-decay", "0.1"], "--weight-decay: the pMF recipe's Muon has no weight decay"),
     (["--optimizer", "sgd"], "--optimizer must be adamw or muon, got 'sgd'"),
     (["--ema", "0.9"], "give --ema (fixed decays) or --ema-half-lives (EDM rule), not both"),
     (["--fm-fraction", "1.5"], "data_proportion must lie in [0, 1], got 1.5"),
+    (["--tr-uniform", "-0.1"], "--tr-uniform/--label-drop/--p-std/--noise-scale: pMF objective: tr_uniform must"),
     (["--model", "pMF-Q/3"], "--model: unknown pMF preset 'pMF-Q/3'"),
     (["--sample-cfg", "0.5"], "--sample-cfg: the pMF guidance weight omega must be >= 1, got 0.5"),
 ])  # fmt: skip
@@ -75,6 +78,10 @@ def test_muon_for_jit_and_unlabelled_data_are_refused(tmp_path, capsys):
     assert cli.main(["train", "--model", "JiT-Ti/4", "--img-size", "16", "--batch-size", "8", "--optimizer", "muon",
                      "--data", str(flat), "--steps", "1", "--out", str(tmp_path / "b")]) == 2
     assert "--optimizer muon is for pMF models" in capsys.readouterr().err
+    assert cli.main(["train", "--model", "JiT-Ti/4", "--img-size", "16", "--batch-size", "8", "--tr-uniform", "0.1",
+                     "--data", str(flat), "--steps", "1", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--tr-uniform/--lpips-weights/--convnext-weights are for pMF models" in err[0]
 
 
 def _config(tmp_path, name, **fields) -> TrainConfig:
@@ -166,7 +173,7 @@ class MeanImage(torch.nn.Module):
         super().__init__()
         self.mean = mean
 
-    def forward(self, z, t, h, omega, t_min, t_max, y, heads=None, jvp_tangent=None):
+    def forward(self, z, t, h, omega, t_min, t_max, y, heads=None, jvp_tangent=None, jvp_rows=None):
         u = (z - self.mean.expand_as(z)) / t.clamp(0.05, 1.0).view(-1, 1, 1, 1)
         return (u, u, torch.zeros_like(u)) if jvp_tangent is not None else (u, u)
 

@@ -3,8 +3,9 @@
 Per image x with label y: two logit-normal times with t >= r (the first half of the global batch has
 r = t: flow-matching samples), z = (1 - t) x + t e, v_t = (z - x) / clip(t, 0.05, 1), a guidance weight
 omega with density 1/omega on [1, 1 + cfg_max] and an interval [t_min, t_max]. The guided target v_g comes
-from the model's own v head (no gradient, 2B rows); the JVP of u along (dz, dt, dr) = (v_c, 1, 0) gives du/dt and
-V = u + (t - r) sg(du/dt). Loss per image: |V - v_g|^2 and |v - v_g|^2, each divided by sg(L + 0.01).
+from the model's own v head (no gradient; only the rows it needs); the JVP of u along (dz, dt, dr) = (v_c, 1, 0)
+gives du/dt (only where r < t) and V = u + (t - r) sg(du/dt). Loss per image: |V - v_g|^2 and |v - v_g|^2,
+each divided by sg(L + 0.01).
 
 Every random draw is a function of (seed, step, position in the global batch) (:mod:`rng`), including
 the two batch-level rules (the flow-matching half and the class dropout of the first n images), so one
@@ -124,21 +125,38 @@ class PMFObjective:
     # --- loss --------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def guided_target(self, model, z, t, v_t, labels, draws: MeanFlowDraws, null_label: int):
-        """(v_g, v_c): the guided velocity target and the conditional velocity (the JVP tangent), both from
-        the v head at h = 0 with the interval input [0, 1]: v_g = v_t + (1 - 1/w)(v_c - v_u), v_c at (y, w),
-        v_u at (null, 1), w = omega inside [t_min, t_max] and 1 outside. One forward of 2B rows: the public
-        code's third set, (y, omega) for the flow-matching images, equals (y, w) there (their interval is
-        [0, 1], so w = omega), and its result is used nowhere else."""
+    def guided_velocities(self, model, z, t, labels, draws: MeanFlowDraws, null_label: int, cond_rows=None):
+        """(w, v_c, v_u) from the v head at h = 0 with the interval input [0, 1]: w = omega inside [t_min,
+        t_max] and 1 outside, v_c at (y, w) for ``cond_rows`` (default: every image), v_u at (null, 1) only
+        for the images whose target uses it (w may differ from 1 and the class is kept: elsewhere (1 - 1/w)
+        = 0 or dropout replaces the target by v_t); rows not computed are 0. One forward of the rows
+        needed; a compiled network, which wants fixed shapes, gets all 2B."""
         B = z.shape[0]
         inside = draws.flow_matching | ((t >= draws.t_min) & (t <= draws.t_max))
         w = torch.where(inside, draws.omega, torch.ones_like(draws.omega))
-        rows = lambda *parts: torch.cat(parts)  # noqa: E731
-        zeros, ones = torch.zeros_like(t), torch.ones_like(t)
-        _, v_all = model(rows(z, z), rows(t, t), rows(zeros, zeros), rows(w, ones), rows(zeros, zeros),
-                         rows(ones, ones), rows(labels, torch.full_like(labels, null_label)), heads="v")  # fmt: skip
-        v_c, v_u = v_all.to(v_t.dtype).split(B)
-        return v_t + (1 - 1 / w).view(-1, 1, 1, 1) * (v_c - v_u), v_c
+        every = torch.arange(B, device=z.device)
+        cond, uncond = every, every
+        if not fixed_shapes(model):
+            cond = every if cond_rows is None else cond_rows.nonzero()[:, 0]
+            uncond = (inside & ~draws.dropped).nonzero()[:, 0]
+        n = len(cond) + len(uncond)
+        v_c, v_u = torch.zeros_like(z), torch.zeros_like(z)
+        if n:
+            ones, zeros = torch.ones(n, dtype=t.dtype, device=t.device), torch.zeros(n, dtype=t.dtype, device=t.device)
+            pick = lambda a, b: torch.cat([a[cond], b[uncond]])  # noqa: E731
+            _, v_all = model(pick(z, z), pick(t, t), zeros, pick(w, torch.ones_like(w)), zeros, ones,
+                             pick(labels, torch.full_like(labels, null_label)), heads="v")  # fmt: skip
+            v_c_rows, v_u_rows = v_all.to(z.dtype).split([len(cond), len(uncond)])
+            v_c, v_u = v_c.index_copy(0, cond, v_c_rows), v_u.index_copy(0, uncond, v_u_rows)
+        return w, v_c, v_u
+
+    def guided_target(self, model, z, t, v_t, labels, draws: MeanFlowDraws, null_label: int):
+        """(v_g, v_c): the guided velocity target v_g = v_t + (1 - 1/w)(v_c - v_u) and the conditional
+        velocity v_c (the JVP tangent), see :meth:`guided_velocities`. The public code's third set, (y,
+        omega) for the flow-matching images, equals (y, w) there (their interval is [0, 1], so w = omega),
+        and its result is used nowhere else."""
+        w, v_c, v_u = self.guided_velocities(model, z, t, labels, draws, null_label)
+        return guided(v_t, w, v_c, v_u), v_c
 
     def per_sample_losses(self, model, x, labels, draws: MeanFlowDraws, null_label: int | None = None):
         """Per-image terms (B,): ``loss`` (weighted total), ``u``, ``v`` (raw squared errors) and any
@@ -151,17 +169,26 @@ class PMFObjective:
         e = draws.noise * self.noise_scale
         z = (1 - t.view(shape)) * x + t.view(shape) * e
         v_t = (z - x) / t.clamp(self.t_clip, 1.0).view(shape)
-        v_g, v_c = self.guided_target(model, z, t, v_t, labels, draws, null_label)
-        labels, v_g = drop_classes(labels, v_g, v_t, draws.dropped, null_label)
-        u, v, du_dt = model(z, t, t - r, draws.omega, draws.t_min, draws.t_max, labels, jvp_tangent=v_c)
+        # the r = t images need no JVP ((t - r) du/dt = 0) and, where their class is kept, take v_c from the
+        # v the network computes for them below (the same inputs: h = 0, w = omega, interval [0, 1], y)
+        fixed, fm = fixed_shapes(model), draws.flow_matching
+        w, v_c, v_u = self.guided_velocities(model, z, t, labels, draws, null_label, None if fixed else ~fm)
+        kept = torch.where(draws.dropped, torch.full_like(labels, null_label), labels)
+        u, v, du_dt = model(z, t, t - r, draws.omega, draws.t_min, draws.t_max, kept, jvp_tangent=v_c, jvp_rows=~fm)
+        if not fixed:
+            v_c = torch.where((fm & ~draws.dropped).view(shape), v.detach().to(v_c.dtype), v_c)
+        labels, v_g = drop_classes(labels, guided(v_t, w, v_c, v_u), v_t, draws.dropped, null_label)
         V = u + (t - r).view(shape) * du_dt  # du_dt carries no gradient
         terms = {"u": (V - v_g).square().sum(dim=(1, 2, 3)), "v": (v - v_g).square().sum(dim=(1, 2, 3))}
         total = adaptive_weighted(terms["u"], self.norm_eps, self.norm_p)
         total = total + adaptive_weighted(terms["v"], self.norm_eps, self.norm_p)
         if self.perceptual:
-            x_hat, near = z - t.view(shape) * u, t < self.perceptual_max_t
+            x_hat = z - t.view(shape) * u  # the one-step image, compared with x where t < perceptual_max_t
+            near = (t < self.perceptual_max_t).nonzero()[:, 0]  # only those images go through the feature nets
             for i, (weight, term) in enumerate(self.perceptual):
-                value = torch.where(near, term(x_hat, x), torch.zeros_like(t))
+                value = torch.zeros_like(t)
+                if len(near):
+                    value = value.index_put((near,), term(x_hat[near], x[near]).to(t.dtype))
                 terms[f"perceptual{i}"] = value
                 total = total + weight * adaptive_weighted(value, self.norm_eps, self.norm_p)
         terms["loss"] = total
@@ -171,6 +198,19 @@ class PMFObjective:
              null_label: int | None = None) -> torch.Tensor:  # fmt: skip
         """Mean over the batch of the adaptively weighted u, v (and perceptual) terms; ``x`` in [-1, 1]."""
         return self.per_sample_losses(model, x, labels, draws, null_label)["loss"].mean()
+
+
+def guided(v_t: torch.Tensor, w: torch.Tensor, v_c: torch.Tensor, v_u: torch.Tensor) -> torch.Tensor:
+    """The guided target v_t + (1 - 1/w)(v_c - v_u); w (B,)."""
+    return v_t + (1 - 1 / w).view(-1, 1, 1, 1) * (v_c - v_u)
+
+
+def fixed_shapes(model) -> bool:
+    """Whether ``model`` (through torch.compile and DDP wrappers) was compiled for fixed shapes (a pMF
+    network's ``compile_model``): the objective then keeps its batch sizes fixed."""
+    inner = getattr(model, "_orig_mod", model)
+    inner = getattr(inner, "module", inner)
+    return getattr(inner, "jvp_transform", None) == "func"
 
 
 def num_classes(model) -> int:

@@ -137,6 +137,7 @@ class PMF(nn.Module):
         cos, sin = rope_tables_2d(H // config.num_heads, config.grid_size, config.num_prefix)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.jvp_transform = "forward_ad"  # or "func" (torch.func.jvp): what a compiled forward traces
         self.initialize_weights()
 
     @property
@@ -150,6 +151,18 @@ class PMF(nn.Module):
         for module in self.modules():
             if isinstance(module, PMFAttention):
                 module.jvp_mode = mode
+
+    def compile_model(self, scope: str = "model", **compile_kwargs) -> None:
+        """torch.compile the whole forward in place (weights keep their names), the JVP included: a compiled
+        graph has no forward-AD formula (AOTAutograd), so the JVP switches to ``torch.func.jvp``, which the
+        compiler traces into plain ops, with attention written out (``math``). Static shapes by default."""
+        if scope != "model":
+            raise ValueError(f"a pMF network compiles as one graph (scope 'model'), got {scope!r}")
+        JiT._raise_recompile_limit()
+        self.set_jvp_mode("math")
+        self.jvp_transform = "func"
+        compile_kwargs.setdefault("dynamic", False)
+        self.compile(**compile_kwargs)
 
     @torch.no_grad()
     def init_tables(self) -> None:
@@ -211,11 +224,14 @@ class PMF(nn.Module):
         """(z - x_hat) / clip(t, 0.05, 1): the velocity in pMF time of an image prediction (fp32)."""
         return (at_least_fp32(z) - at_least_fp32(x_pred)) / at_least_fp32(t).clamp(0.05, 1.0).view(-1, 1, 1, 1)
 
-    def forward(self, z, t, h, omega, t_min, t_max, y, heads: str | None = None, jvp_tangent=None):
+    def forward(self, z, t, h, omega, t_min, t_max, y, heads: str | None = None, jvp_tangent=None, jvp_rows=None):
         """z (B, C, H, W); t, h, omega, t_min, t_max (B,) in pMF time; y (B,). Returns (u, v).
 
         ``heads``: "u", "v" or "uv" (default: both when the model has a v head, else "u").
-        ``jvp_tangent`` (B, C, H, W): return (u, v, du/dt) instead, see :meth:`forward_with_jvp`."""
+        ``jvp_tangent`` (B, C, H, W): return (u, v, du/dt) instead, see :meth:`forward_with_jvp`;
+        ``jvp_rows`` (B,) bool: du/dt is needed only there (0 elsewhere), see :meth:`jvp_on_rows`."""
+        if jvp_tangent is not None and jvp_rows is not None and self.jvp_transform != "func":
+            return self.jvp_on_rows(z, t, h, omega, t_min, t_max, y, jvp_tangent, jvp_rows)
         if jvp_tangent is not None:
             return self.forward_with_jvp(z, t, h, omega, t_min, t_max, y, jvp_tangent)
         heads = ("uv" if self.has_v_head else "u") if heads is None else heads
@@ -230,12 +246,43 @@ class PMF(nn.Module):
         it: detach it or use it under stop-gradient). The v head runs on the trunk's value only.
 
         It runs inside ``forward`` so that DDP/FSDP wrappers see one ordinary call."""
+        if self.jvp_transform == "func":
+            return self._func_jvp(z, t, h, omega, t_min, t_max, y, tangent_z)
         with fwAD.dual_level():
             ones = torch.ones_like(t)
             z_dual, t_dual = fwAD.make_dual(z, tangent_z.to(z.dtype)), fwAD.make_dual(t, ones)
             tokens = self.trunk(z_dual, fwAD.make_dual(h, ones), omega, t_min, t_max, y)
             u, du_dt = fwAD.unpack_dual(self.velocity(z_dual, self.head(tokens, "u"), t_dual))
             tokens = fwAD.unpack_dual(tokens).primal
+        v = self.velocity(z, self.head(tokens, "v"), t) if self.has_v_head else None
+        return u, v, du_dt.detach()
+
+    def jvp_on_rows(self, z, t, h, omega, t_min, t_max, y, tangent_z, rows):
+        """:meth:`forward_with_jvp` where only ``rows`` (B,) bool need du/dt (returned as 0 elsewhere): those
+        rows go through forward AD, the others through the plain forward, which does no tangent work (the
+        pMF objective's flow-matching half has r = t, so its (t - r) du/dt is 0). Same values up to float
+        rounding; one host synchronisation (the row counts)."""
+        picked, others = rows.nonzero()[:, 0], (~rows).nonzero()[:, 0]
+        inputs = (z, t, h, omega, t_min, t_max, y)
+        if not len(others):
+            return self.forward_with_jvp(*inputs, tangent_z)
+        u0, v0 = self.forward(*(a[others] for a in inputs))
+        if not len(picked):
+            return u0, v0, torch.zeros_like(u0)
+        u1, v1, du1 = self.forward_with_jvp(*(a[picked] for a in inputs), tangent_z[picked])
+        back = torch.cat([picked, others]).argsort()  # (B,) each row back at its place
+        join = lambda a, b: None if a is None else torch.cat([a, b])[back]  # noqa: E731
+        return join(u1, u0), join(v1, v0), join(du1, torch.zeros_like(u0))
+
+    def _func_jvp(self, z, t, h, omega, t_min, t_max, y, tangent_z):
+        """:meth:`forward_with_jvp` through ``torch.func.jvp`` (what ``compile_model`` uses); same values."""
+
+        def u_and_tokens(z_, t_, h_):
+            tokens = self.trunk(z_, h_, omega, t_min, t_max, y)
+            return self.velocity(z_, self.head(tokens, "u"), t_), tokens
+
+        ones = torch.ones_like(t)
+        u, du_dt, tokens = torch.func.jvp(u_and_tokens, (z, t, h), (tangent_z.to(z.dtype), ones, ones), has_aux=True)
         v = self.velocity(z, self.head(tokens, "v"), t) if self.has_v_head else None
         return u, v, du_dt.detach()
 

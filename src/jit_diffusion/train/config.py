@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -96,6 +97,12 @@ class TrainConfig:
     # pMF (--model pMF-*; family defaults in family_defaults): guidance-weight law, flow-matching share, EMAs
     cfg_max: float = 7.0  # omega ~ 1/omega on [1, 1 + cfg_max]
     fm_fraction: float = 0.5  # share of the global batch with r = t
+    tr_uniform: float = 0.0  # share of images with t, r ~ U(0, 1) instead of logit-normal (H/16 recipe: 0.1)
+    lpips_weights: str | None = None  # local file(s) of the LPIPS term (:mod:`.perceptual`); None = off
+    lpips_loss_weight: float = 0.4
+    convnext_weights: str | None = None  # local file of the ConvNeXt term; None = off
+    convnext_loss_weight: float = 0.1
+    perceptual_max_t: float = 0.8  # pMF time: the perceptual terms apply where t < this (H/16: 0.6)
     optimizer: str = "adamw"  # or muon (pMF: Muon on matrices, Nesterov Adam on the rest)
     ema_half_lives: list[float] = field(default_factory=list)  # kimg, EDM rule each step (instead of ema_decays)
 
@@ -114,9 +121,11 @@ class TrainConfig:
             try:
                 return PMFObjective(p_mean=self.p_mean, p_std=self.p_std, cfg_max=self.cfg_max,
                                     noise_scale=self.noise_scale, data_proportion=self.fm_fraction,
-                                    class_dropout_prob=self.label_drop, t_clip=self.t_eps)  # fmt: skip
+                                    class_dropout_prob=self.label_drop, t_clip=self.t_eps,
+                                    tr_uniform=self.tr_uniform, perceptual_max_t=self.perceptual_max_t)  # fmt: skip
             except ValueError as err:
-                raise UserError(f"--cfg-max/--fm-fraction/--label-drop/--p-std/--noise-scale: {err}") from None
+                flags = "--cfg-max/--fm-fraction/--tr-uniform/--label-drop/--p-std/--noise-scale"
+                raise UserError(f"{flags}: {err}") from None
         return FlowMatching(
             prediction=self.prediction, loss=self.loss, p_mean=self.p_mean, p_std=self.p_std, t_eps=self.t_eps,
             noise_scale=self.noise_scale, label_drop_prob=self.label_drop,
@@ -128,8 +137,8 @@ TRAJECTORY_FIELDS = {
     "model", "img_size", "bottleneck_dim", "attn_drop", "proj_drop", "data", "data_split", "prediction",
     "loss", "p_mean", "p_std", "noise_scale", "t_eps", "label_drop", "batch_size", "lr", "blr", "min_lr",
     "schedule", "warmup_epochs", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "ema_decays",
-    "seed", "cfg_max", "fm_fraction", "optimizer", "ema_half_lives", "freeze", "lora_rank", "lora_alpha",
-    "lora_targets",
+    "seed", "cfg_max", "fm_fraction", "tr_uniform", "lpips_loss_weight", "convnext_loss_weight", "perceptual_max_t",
+    "optimizer", "ema_half_lives", "freeze", "lora_rank", "lora_alpha", "lora_targets",
 }  # fmt: skip
 
 
@@ -190,8 +199,10 @@ def build_network(cfg: TrainConfig, num_classes: int) -> JiT | PMF:
 
 
 def compiles(cfg: TrainConfig, device: torch.device) -> bool:
-    """Whether the model gets ``torch.compile``: on CUDA unless ``--no-compile``; never elsewhere (nor pMF)."""
-    return device.type == "cuda" and cfg.compile is not False and cfg.family == "jit"
+    """Whether the model gets ``torch.compile``: on CUDA unless ``--no-compile`` (pMF: only with ``--compile``);
+    never elsewhere."""
+    wanted = cfg.compile is not False if cfg.family == "jit" else cfg.compile is True
+    return device.type == "cuda" and wanted
 
 
 def compile_scope(sharded: bool) -> str:
@@ -272,19 +283,29 @@ def validate_family(cfg: TrainConfig, world_size: int) -> None:
             raise UserError("--ema-half-lives with --cuda-graph: a captured step keeps fixed EMA decays; use --ema")
         if cfg.optimizer == "muon":
             raise UserError("--optimizer muon is for pMF models (--model pMF-...); JiT trains with adamw")
+        if cfg.tr_uniform or cfg.lpips_weights or cfg.convnext_weights:
+            raise UserError("--tr-uniform/--lpips-weights/--convnext-weights are for pMF models (--model pMF-...)")
         return
     jit_only = {  # flag -> why not, when given
         "--prediction/--loss": (cfg.prediction != _OBJECTIVE.prediction or cfg.loss != _OBJECTIVE.loss,
                                 "the pMF objective is fixed (x-prediction, u and v losses)"),
         "--attn-drop/--proj-drop": (bool(cfg.attn_drop or cfg.proj_drop), "the pMF network has no dropout"),
         "--cuda-graph": (cfg.cuda_graph, "its step (forward-mode JVP, Muon) is not captured"),
-        "--compile": (bool(cfg.compile), "its forward-mode JVP runs eagerly"),
+        "--compile with --fsdp": (bool(cfg.compile and cfg.fsdp), "the compiled JVP graph is not traced through "
+                                  "FSDP2's hooks"),
         "--grad-checkpointing": (cfg.grad_checkpointing, "not with the forward-mode JVP"),
     }  # fmt: skip
     for flag, (given, why) in jit_only.items():
         if given:
             raise UserError(f"{flag} is not available for pMF models ({cfg.model}): {why}")
     cfg.objective()  # the objective's own range checks, named by flag
+    if not 0 < cfg.perceptual_max_t <= 1 or min(cfg.lpips_loss_weight, cfg.convnext_loss_weight) < 0:
+        raise UserError(f"--perceptual-max-t must lie in (0, 1] and the perceptual loss weights be >= 0, got "
+                        f"{cfg.perceptual_max_t}, {cfg.lpips_loss_weight}, {cfg.convnext_loss_weight}")
+    for flag, path in (("--lpips-weights", cfg.lpips_weights), ("--convnext-weights", cfg.convnext_weights)):
+        missing = [p for p in (path or "").split(",") if p.strip() and not Path(p.strip()).is_file()]
+        if missing:
+            raise UserError(f"{flag} {missing[0].strip()}: no such file (perceptual weights are local files only)")
     if cfg.sample_cfg < 1.0:
         raise UserError(f"--sample-cfg: the pMF guidance weight omega must be >= 1, got {cfg.sample_cfg}")
     try:

@@ -73,8 +73,8 @@ FLAGS = [
     ("--sample-method", "sample_method", str, "ODE solver of the sample grids and the model's default: heun "
      "(default), euler, dpm++2m, dpm++3m, unipc"),
     ("--init-from", "init_from", str, "fine-tune: start a new run from this model's weights (run folder, checkpoint, "
-     "export, official .pth, diffusers folder); its preset, image size, prediction, noise scale and sampling "
-     "settings are inherited unless given; optimizer and step start fresh"),
+     "export, official .pth, diffusers folder; pMF runs from pMF sources); its preset, image size, prediction, noise "
+     "scale and sampling settings are inherited unless given; optimizer and step start fresh"),
     ("--init-weights", "init_weights", str, "which weights of --init-from: ema1 (default), ema2 or raw"),
     ("--class-map", "class_map", str, "--init-from: label rows of classes with the same name are copied ('auto', "
      "default) or as a JSON file maps new -> source classes (names or indices); others start at the mean row"),
@@ -94,14 +94,25 @@ FLAGS = [
      "(pMF default 500,1000,2000; replaces --ema)"),
     ("--cfg-max", "cfg_max", float, "pMF: guidance weights omega ~ 1/omega on [1, 1 + cfg-max] (default 7)"),
     ("--fm-fraction", "fm_fraction", float, "pMF: share of the global batch trained with r = t (default 0.5)"),
+    ("--tr-uniform", "tr_uniform", float, "pMF: share of images whose t and r are both drawn from U(0, 1) instead of "
+     "the logit-normal (default 0; the public H/16 recipe: 0.1)"),
+    ("--lpips-weights", "lpips_weights", str, "pMF: add the LPIPS term, from LOCAL files: torchvision's vgg16 state "
+     "dict and the LPIPS vgg.pth (comma-separated, or one file with both); nothing is downloaded"),
+    ("--lpips-loss-weight", "lpips_loss_weight", float, "pMF: weight of the LPIPS term (default 0.4)"),
+    ("--convnext-weights", "convnext_weights", str, "pMF: add the ConvNeXt logit-distance term, from a LOCAL "
+     "torchvision convnext_{tiny,small,base,large} state dict"),
+    ("--convnext-loss-weight", "convnext_loss_weight", float, "pMF: weight of the ConvNeXt term (default 0.1)"),
+    ("--perceptual-max-t", "perceptual_max_t", float, "pMF: the perceptual terms compare the one-step image with "
+     "the data where the pMF time t (1 = noise) is below this (default 0.8; H/16: 0.6)"),
 ]
 
 PMF_EPILOG = ("pMF models (--model pMF-Ti/4 ... pMF-H/32) train with the pMF objective (one-step generation); "
               "their defaults where not given: --p-mean 0.8 --p-std 0.8, the preset's --noise-scale, "
               "--optimizer muon --lr 1e-3 constant without warm-up, --ema-half-lives 500,1000,2000, and sample "
               "grids with the preset's public guidance (--sample-cfg = omega, --sample-interval in our time, "
-              "--sample-steps 1). Not for pMF: --prediction/--loss, dropout, --cuda-graph, --compile, "
-              "--grad-checkpointing; --fsdp shards the whole network as one unit and needs --optimizer adamw.")
+              "--sample-steps 1). Not for pMF: --prediction/--loss, dropout, --cuda-graph, "
+              "--grad-checkpointing; --compile (CUDA, opt-in) traces the JVP with torch.func.jvp; --fsdp shards the "
+              "whole network as one unit and needs --optimizer adamw.")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -122,7 +133,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     for flag, name, typ, help_text in FLAGS:
         p.add_argument(flag, dest=name, type=typ, default=None, help=help_text)
     p.add_argument("--compile", dest="compile", action="store_const", const=True, default=None,
-                   help="torch.compile the model (the default on CUDA; never on CPU)")
+                   help="torch.compile the model (JiT: the default on CUDA; pMF: only when given; never on CPU)")
     p.add_argument("--no-compile", dest="compile", action="store_const", const=False,
                    help="do not compile (faster start, slower steps)")
     p.add_argument("--cuda-graph", dest="cuda_graph", action="store_const", const=True, default=None,

@@ -4,7 +4,8 @@ The source is anything :func:`~jit_diffusion.formats.loading.open_source` opens.
 flow settings are inherited unless a flag overrides them; what may change is the image size (same patch
 size: the fixed sin-cos ``pos_embed`` is recomputed for the new grid, and the RoPE tables, non-persistent
 buffers, are built for it by the new model), the classes (the label table is remapped by name) and
-dropout. ``--freeze`` patterns exclude parameters from training.
+dropout. ``--freeze`` patterns exclude parameters from training. A pMF source starts a pMF run (what
+differs: :mod:`.pmf_init`); a source of the other family than ``--model`` is a one-line error.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from torch import nn
 from ..core.errors import UserError
 from ..formats.checkpoint import weights_digest
 from ..formats.loading import Source, open_source
-from ..models.config import find_preset
-from .config import TrainConfig, model_config
+from ..models.config import parse_model_config, preset_name
+from .config import TrainConfig, model_config, with_family_defaults
+from .pmf_init import check_pmf_architecture, resize_pos_embed, with_v_head
 
 # what must equal the source's (the image size, the classes and dropout may change)
 ARCH_FIELDS = ("patch_size", "in_channels", "hidden_size", "depth", "num_heads", "mlp_ratio", "bottleneck_dim",
@@ -31,19 +33,19 @@ LABEL_TABLE = "y_embedder.embedding_table.weight"
 
 
 def open_init(cfg: TrainConfig) -> Source:
-    """The ``--init-from`` source (a JiT); a one-line UserError when it cannot serve."""
+    """The ``--init-from`` source (JiT or pMF); a one-line UserError when it cannot serve."""
     try:
         source = open_source(cfg.init_from)
         source.check([cfg.init_weights or source.default_weights])
     except (ValueError, FileNotFoundError) as err:
         raise UserError(f"--init-from {cfg.init_from}: {err}") from None
-    if source.family != "jit":
-        raise UserError(f"--init-from {cfg.init_from}: a {source.family} model; fine-tuning takes JiT sources")
     return source
 
 
-def check_architecture(source: dict, new: dict, where: str) -> None:
+def check_architecture(source: dict, new: dict, where: str, family: str = "jit") -> None:
     """A one-line UserError naming both values when the new run's architecture differs from the source's."""
+    if family == "pmf":
+        return check_pmf_architecture(source, new, where)
     for key in ARCH_FIELDS:
         old, now = source.get(key), new.get(key)
         if (old or None) != (now or None):
@@ -54,20 +56,26 @@ def check_architecture(source: dict, new: dict, where: str) -> None:
 def inherit(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     """``cfg`` with the source's preset, image size, bottleneck and flow/sampling settings where no flag
     (``explicit``) sets them; checked against the source's architecture."""
-    if cfg.family != "jit":
-        raise UserError(f"--init-from with --model {cfg.model}: fine-tuning takes JiT presets (pMF: not yet)")
     source = open_init(cfg)
     info = source.info(cfg.init_weights)
     arch = info.model_config
+    if "model" in explicit and source.family != cfg.family:
+        raise UserError(f"--init-from {cfg.init_from}: a {source.family} model cannot start a {cfg.family} run "
+                        f"(--model {cfg.model}); fine-tuning keeps the model family")  # fmt: skip
     inherited = {"img_size": info.image_size, "bottleneck_dim": arch.get("bottleneck_dim") or 0,
-                 "prediction": info.prediction, "noise_scale": info.noise_scale, "t_eps": info.t_eps,
-                 "sample_cfg": info.cfg, "sample_interval": list(info.cfg_interval), "sample_method": info.method}
+                 "noise_scale": info.noise_scale, "sample_cfg": info.cfg, "sample_interval": list(info.cfg_interval)}
+    if source.family == "pmf":
+        inherited["sample_steps"] = info.steps
+    else:
+        inherited.update(prediction=info.prediction, t_eps=info.t_eps, sample_method=info.method)
     if "model" not in explicit:
-        inherited["model"] = find_preset(arch)
+        inherited["model"] = preset_name(parse_model_config(arch, source.family))
         if inherited["model"] is None:
             raise UserError(f"--init-from {cfg.init_from}: its architecture matches no preset (`jit presets`)")
+        given = {k: getattr(cfg, k) for k in explicit if hasattr(cfg, k)}  # the source's family's defaults
+        inherited = {**with_family_defaults({**given, "model": inherited["model"]}), **inherited}
     new = dataclasses.replace(cfg, **{k: v for k, v in inherited.items() if k not in explicit})
-    check_architecture(arch, dataclasses.asdict(model_config(new, 0)), cfg.init_from)
+    check_architecture(arch, dataclasses.asdict(model_config(new, 0)), cfg.init_from, source.family)
     return new
 
 
@@ -108,23 +116,30 @@ def label_table(old: torch.Tensor, rows: dict[int, int], num_classes: int) -> to
 
 
 def init_weights(model: nn.Module, cfg: TrainConfig, class_names: list[str]) -> dict:
-    """Load the ``--init-from`` weights into ``model`` (remapped classes, recomputed pos_embed); returns
-    where they came from (for config.json)."""
+    """Load the ``--init-from`` weights into ``model`` (remapped classes; pos_embed recomputed for JiT,
+    resized for pMF; a pMF v head from the u head when the source has none); returns where they came
+    from (for config.json)."""
     source = open_init(cfg)
+    if source.family != cfg.family:
+        raise UserError(f"--init-from {cfg.init_from}: a {source.family} model cannot start a {cfg.family} run "
+                        f"(--model {cfg.model}); fine-tuning keeps the model family")  # fmt: skip
     loaded, info = source.load(cfg.init_weights, "cpu")
     state = {k: v.detach().clone() for k, v in loaded.state_dict().items()}
-    check_architecture(info.model_config, dataclasses.asdict(model.config), cfg.init_from)
+    check_architecture(info.model_config, dataclasses.asdict(model.config), cfg.init_from, source.family)
     digest = weights_digest(state)
+    v_head_from_u = source.family == "pmf" and with_v_head(state)
     rows = class_rows(class_names, list(info.class_names), cfg.class_map)
     state[LABEL_TABLE] = label_table(state[LABEL_TABLE], rows, len(class_names))
     fresh = model.state_dict()
-    if state["pos_embed"].shape != fresh["pos_embed"].shape:  # another grid: the fixed table of the new one
+    if state["pos_embed"].shape != fresh["pos_embed"].shape and source.family == "pmf":  # learned: resized
+        state["pos_embed"] = resize_pos_embed(state["pos_embed"], model.num_prefix, model.grid_size)
+    elif state["pos_embed"].shape != fresh["pos_embed"].shape:  # another grid: the fixed table of the new one
         state["pos_embed"] = fresh["pos_embed"].detach().cpu().clone()
     model.load_state_dict(state, strict=True)
-    return {"path": str(source.path.resolve()), "file": str(source.file.resolve()), "kind": source.kind,
-            "weights": info.weights, "step": info.step,
-            "weights_sha256": digest, "image_size": info.image_size,
-            "class_rows": {class_names[n]: info.class_names[o] for n, o in rows.items()}}  # fmt: skip
+    origin = {"path": str(source.path.resolve()), "file": str(source.file.resolve()), "kind": source.kind,
+              "weights": info.weights, "step": info.step, "weights_sha256": digest, "image_size": info.image_size,
+              "class_rows": {class_names[n]: info.class_names[o] for n, o in rows.items()}}  # fmt: skip
+    return {**origin, "v_head_from_u": True} if v_head_from_u else origin
 
 
 def _patterns(text: str) -> list[str]:

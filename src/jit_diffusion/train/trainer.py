@@ -44,6 +44,7 @@ from .init import describe_init, freeze, init_weights, recorded_origin
 from .log import LogWindow, RunLog
 from .lora import describe_lora, slim_state, start_lora, validate_lora
 from .optim import build_optimizer, learning_rate, param_groups, set_learning_rate
+from .perceptual import perceptual_terms
 from .pmf_optim import build_pmf_optimizer, edm_ema_decays
 from .preview import PreviewGrid
 from .signals import Preemption
@@ -81,7 +82,9 @@ class Trainer:
             print(f"--resume: no checkpoint in {self.run_dir}; starting a new run")
         self._setup_data(dataset)
         self.objective = self.cfg.objective()
-        if cfg.family == "pmf":
+        if cfg.family == "pmf":  # the perceptual terms' files are read here, before any step
+            self.objective.perceptual = perceptual_terms(cfg.lpips_weights, cfg.lpips_loss_weight,
+                                                         cfg.convnext_weights, cfg.convnext_loss_weight, self.device)
             self.augment = PMFAugment(self.objective, seed=cfg.seed, global_batch=cfg.batch_size)
         else:
             self.augment = Augment(self.objective, seed=cfg.seed, null_label=self.num_classes)
