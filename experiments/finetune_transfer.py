@@ -64,8 +64,8 @@ def train(args: argparse.Namespace) -> None:
               "--sample-every", "0", "--sample-cfg", "3.0", "--device", "cpu"]  # fmt: skip
     names = args.runs.split(",")
     if {"full", "lora"} & set(names):  # the source model first
-        source = ["--data", str(out / "source"), "--lr", "1e-3", "--warmup-steps", "200"]
-        _train(out / "runs" / "pretrain", [*common, *source, "--steps", str(args.pretrain_steps), "--ckpt-every", "500"])
+        source = ["--data", str(out / "source"), "--lr", "1e-3", "--warmup-steps", "200", "--ckpt-every", "500"]
+        _train(out / "runs" / "pretrain", [*common, *source, "--steps", str(args.pretrain_steps)])
     every = ["--steps", str(args.steps), "--ckpt-every", str(args.steps // args.points), "--keep-last", "0"]
     target = [*common, "--data", str(out / "target"), *every]
     init = ["--init-from", str(out / "runs" / "pretrain"), "--init-weights", "ema1"]
