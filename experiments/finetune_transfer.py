@@ -5,7 +5,7 @@
   train   OUT/runs/pretrain (JiT on source), then on target with the same steps and checkpoints:
           scratch (random weights), full (--init-from pretrain) and lora (the same, LoRA rank --lora-rank).
   eval    `jit eval` of every checkpoint of the target runs (FD-target and class accuracy from a classifier
-          trained on the target folder), then OUT/transfer.{json,md,png}.
+          trained on the target folder) of --weights, then OUT/transfer-WEIGHTS.{json,md,png}.
 
     python experiments/finetune_transfer.py split --out runs/transfer
     python experiments/finetune_transfer.py train --out runs/transfer --pretrain-steps 1500 --steps 600
@@ -84,10 +84,10 @@ def evaluate(args: argparse.Namespace) -> None:
     rows = []
     for name in TARGET_RUNS:
         for ckpt in sorted((out / "runs" / name / "checkpoints").glob("step_*.pt")):
-            folder = out / "eval" / name / ckpt.stem
+            folder = out / f"eval-{args.weights}" / name / ckpt.stem
+            sampler = ["--method", "dpm++2m", "--steps", "10", "--cfg", "3.0", "--ema", args.weights]
             code = jit_main(["eval", str(ckpt), "--data", str(out / "target"), "--metrics", "fd-emoji,acc",
-                             "--per-class", str(args.per_class), "--method", "dpm++2m", "--steps", "10",
-                             "--cfg", "3.0", "--ema", "ema1", "--device", "cpu", "--out", str(folder)])  # fmt: skip
+                             "--per-class", str(args.per_class), *sampler, "--device", "cpu", "--out", str(folder)])
             if code:
                 raise SystemExit(code)
             for path in folder.glob("*/metrics.json"):
@@ -95,10 +95,10 @@ def evaluate(args: argparse.Namespace) -> None:
                 fd = next(v for k, v in record["metrics"].items() if k.startswith("FD-"))
                 rows.append({"run": name, "step": int(ckpt.stem.split("_")[1]), "fd": fd,
                              "acc": record["metrics"]["class_accuracy"]})  # fmt: skip
-    summarise(out, rows)
+    summarise(out, rows, args.weights)
 
 
-def summarise(out: Path, rows: list[dict]) -> None:
+def summarise(out: Path, rows: list[dict], weights: str) -> None:
     """Table, the steps-to-match headline and the figure."""
     by_run = {n: sorted((r for r in rows if r["run"] == n), key=lambda r: r["step"]) for n in TARGET_RUNS}
     steps = sorted({r["step"] for r in rows})
@@ -119,10 +119,10 @@ def summarise(out: Path, rows: list[dict]) -> None:
             headline[n] = {"steps_to_scratch_final_fd": reach, "scratch_steps": final["step"]}
         lines.append(f"\nscratch's final FD {final['fd']:.2f} at {final['step']} steps; first checkpoint at or below "
                      "it: " + ", ".join(f"{n} {h['steps_to_scratch_final_fd']}" for n, h in headline.items()))
-    (out / "transfer.md").write_text("\n".join(lines) + "\n")
-    (out / "transfer.json").write_text(json.dumps({"rows": rows, "headline": headline}, indent=1))
+    (out / f"transfer-{weights}.md").write_text("\n".join(lines) + "\n")
+    (out / f"transfer-{weights}.json").write_text(json.dumps({"rows": rows, "headline": headline}, indent=1))
     print("\n".join(lines))
-    plot(out / "transfer.png", by_run)
+    plot(out / f"transfer-{weights}.png", by_run)
 
 
 def plot(path: Path, by_run: dict) -> None:
@@ -157,6 +157,7 @@ def main() -> None:
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--runs", default=",".join(TARGET_RUNS), help="which target runs to train")
     p.add_argument("--per-class", type=int, default=64)
+    p.add_argument("--weights", default="ema1", help="eval: ema1 (EMA 0.995), ema2 or raw")
     args = p.parse_args()
     {"split": split, "train": train, "eval": evaluate}[args.stage](args)
 
