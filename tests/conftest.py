@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,6 +66,27 @@ def make_image_folder(root: Path, num_classes: int = 4, per_class: int = 8, size
             base += rng.normal(0, 8, base.shape)
             Image.fromarray(base.clip(0, 255).astype(np.uint8)).save(folder / f"img_{k}_{i}.png")
     return root
+
+
+def torchrun_jit(*args, nproc: int = 2) -> None:
+    """``jit ARGS`` under torchrun with ``nproc`` gloo processes of one thread each; asserts it succeeds."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", "jit_diffusion.cli", *map(str, args)]  # fmt: skip
+    res = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def trained_source(root: Path, train, model: str, steps: int) -> dict:
+    """A run of ``model`` at 16 px on a 4-class image folder, trained by ``train(*flags)`` for ``steps``
+    steps: {"run", "data", "ckpt" (its latest checkpoint), "ema1" (that checkpoint's ema1 weights)}."""
+    from jit_diffusion.formats.checkpoint import latest_checkpoint, read_checkpoint, training_weights
+
+    data = make_image_folder(root / "data")
+    run = root / "run"
+    assert train("--model", model, "--img-size", 16, "--data", data, "--steps", steps, "--out", run) == 0
+    ckpt = read_checkpoint(latest_checkpoint(run))
+    return {"run": run, "data": data, "ckpt": ckpt, "ema1": training_weights(ckpt, "ema1")}
 
 
 @pytest.fixture

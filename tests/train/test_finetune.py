@@ -2,14 +2,11 @@
 --freeze, --lr 0, impossible changes, and exact resume of a fine-tuned run."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import make_image_folder, torchrun_jit, trained_source
 
 from jit_diffusion import cli
 from jit_diffusion.formats.checkpoint import latest_checkpoint, read_checkpoint, training_weights, weights_digest
@@ -20,7 +17,6 @@ from jit_diffusion.train.init import class_rows, label_table
 TINY = ["--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "2", "--ema", "0.9,0.5", "--log-every", "2",
         "--sample-every", "0", "--keep-last", "10"]  # fmt: skip
 TABLE = "y_embedder.embedding_table.weight"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _train(*args) -> int:
@@ -30,12 +26,7 @@ def _train(*args) -> int:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> dict:
     """A 4-class JiT-Ti/4 run at 16 px (3 steps) and its data."""
-    root = tmp_path_factory.mktemp("source")
-    data = make_image_folder(root / "data")
-    run = root / "run"
-    assert _train("--model", "JiT-Ti/4", "--img-size", 16, "--data", data, "--steps", 3, "--out", run) == 0
-    ckpt = read_checkpoint(latest_checkpoint(run))
-    return {"run": run, "data": data, "ckpt": ckpt, "ema1": training_weights(ckpt, "ema1")}
+    return trained_source(tmp_path_factory.mktemp("source"), _train, "JiT-Ti/4", 3)
 
 
 def _weights(run: Path) -> dict:
@@ -189,10 +180,7 @@ def test_two_processes_match_one_when_fine_tuning(source, tmp_path):
     common = ["train", *TINY, "--init-from", str(source["run"]), "--data", str(source["data"]), "--steps", "4",
               "--freeze", "blocks.0-2", "--label-drop", "0.3"]  # fmt: skip
     assert cli.main([*common, "--out", str(tmp_path / "one")]) == 0
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "jit_diffusion.cli", *common, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=ENV, timeout=600)  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
+    torchrun_jit(*common, "--out", tmp_path / "two")
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     for key in ("model", "ema1", "ema2"):
         worst = max((one[key][k] - two[key][k]).abs().max().item() for k in one[key])

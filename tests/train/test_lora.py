@@ -3,14 +3,11 @@ adapter-only checkpoints that name their base, loading and export of a LoRA run,
 processes, and one-line errors."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import make_image_folder, torchrun_jit, trained_source
 
 from jit_diffusion import cli
 from jit_diffusion.formats.checkpoint import latest_checkpoint, read_checkpoint, training_weights, weights_digest
@@ -24,7 +21,6 @@ from jit_diffusion.train.trainer import Trainer
 
 TINY = ["--batch-size", "8", "--lr", "1e-2", "--warmup-steps", "1", "--ema", "0.9,0.5", "--log-every", "2",
         "--sample-every", "0", "--keep-last", "10"]  # fmt: skip
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _train(*args) -> int:
@@ -39,11 +35,7 @@ def _lora(source: dict, *args) -> int:
 def source(tmp_path_factory) -> dict:
     """A 4-class JiT-Ti/4 run at 16 px (3 steps), its data, and a LoRA run on it (4 steps)."""
     root = tmp_path_factory.mktemp("lora_source")
-    data = make_image_folder(root / "data")
-    run = root / "run"
-    assert _train("--model", "JiT-Ti/4", "--img-size", 16, "--data", data, "--steps", 3, "--out", run) == 0
-    ckpt = read_checkpoint(latest_checkpoint(run))
-    source = {"run": run, "data": data, "ckpt": ckpt, "ema1": training_weights(ckpt, "ema1")}
+    source = trained_source(root, _train, "JiT-Ti/4", 3)
     lora = root / "lora"
     assert _lora(source, "--steps", 4, "--ckpt-every", 2, "--out", lora) == 0
     return {**source, "lora": lora}
@@ -206,10 +198,7 @@ def test_two_processes_match_one_for_lora(source, tmp_path):
     common = ["train", *TINY, "--init-from", str(source["run"]), "--data", str(source["data"]), "--steps", "3",
               "--lora-rank", "4", "--label-drop", "0.3"]  # fmt: skip
     assert cli.main([*common, "--out", str(tmp_path / "one")]) == 0
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "jit_diffusion.cli", *common, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=ENV, timeout=600)  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
+    torchrun_jit(*common, "--out", tmp_path / "two")
     one, two = (read_checkpoint(latest_checkpoint(tmp_path / r)) for r in ("one", "two"))
     for key in ("ema1", "ema2"):
         worst = max((one["ema"][key][k] - two["ema"][key][k]).abs().max().item() for k in one["ema"][key])

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import make_image_folder, trained_source
 
 from jit_diffusion import cli
-from jit_diffusion.formats.checkpoint import latest_checkpoint, read_checkpoint, training_weights
+from jit_diffusion.formats.checkpoint import latest_checkpoint, read_checkpoint
 from jit_diffusion.formats.pmf_official import to_official_keys
 from jit_diffusion.models.pmf import create_pmf_model
 from jit_diffusion.train.pmf_init import resize_pos_embed
@@ -30,12 +30,7 @@ def _weights(run) -> dict:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> dict:
     """A 4-class pMF-Ti/4 run at 16 px (2 Muon steps) and its data."""
-    root = tmp_path_factory.mktemp("pmf_source")
-    data = make_image_folder(root / "data")
-    run = root / "run"
-    assert _train("--model", "pMF-Ti/4", "--img-size", 16, "--data", data, "--steps", 2, "--out", run) == 0
-    ckpt = read_checkpoint(latest_checkpoint(run))
-    return {"run": run, "data": data, "ema1": training_weights(ckpt, "ema1")}
+    return trained_source(tmp_path_factory.mktemp("pmf_source"), _train, "pMF-Ti/4", 2)
 
 
 def test_a_pmf_run_starts_at_its_source_and_copies_class_rows(source, tmp_path):

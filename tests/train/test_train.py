@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import make_image_folder, torchrun_jit
 
 from jit_diffusion import cli
 from jit_diffusion.formats.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
@@ -98,10 +98,7 @@ def test_two_processes_match_one(tmp_path):
     accum = _jit("train", *common, "--grad-accum", "2", "--out", str(tmp_path / "accum"))
     assert accum.returncode == 0, accum.stderr
     def torchrun(*extra):
-        res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                              "-m", "jit_diffusion.cli", "train", *common, *extra],
-                             capture_output=True, text=True, env=ENV, timeout=600)  # fmt: skip
-        assert res.returncode == 0, res.stderr[-3000:]
+        torchrun_jit("train", *common, *extra)
 
     torchrun("--out", str(tmp_path / "two"))
     # FSDP2: 3 steps, then resume (sharded optimizer/EMA state re-loaded from full tensors) to 6
