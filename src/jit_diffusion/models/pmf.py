@@ -12,8 +12,10 @@ Parameter names are the public ones without the ``._flax_linear`` / ``._flax_emb
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import warnings
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -248,7 +250,7 @@ class PMF(nn.Module):
         It runs inside ``forward`` so that DDP/FSDP wrappers see one ordinary call."""
         if self.jvp_transform == "func":
             return self._func_jvp(z, t, h, omega, t_min, t_max, y, tangent_z)
-        with fwAD.dual_level():
+        with dual_level():
             ones = torch.ones_like(t)
             z_dual, t_dual = fwAD.make_dual(z, tangent_z.to(z.dtype)), fwAD.make_dual(t, ones)
             tokens = self.trunk(z_dual, fwAD.make_dual(h, ones), omega, t_min, t_max, y)
@@ -288,6 +290,16 @@ class PMF(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+@contextlib.contextmanager
+def dual_level():
+    """``forward_ad.dual_level`` without the FutureWarning torch's own first use of it raises (it scripts its
+    JVP decompositions with the deprecated ``torch.jit.script``): nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+        with fwAD.dual_level():
+            yield
 
 
 def create_pmf_model(name: str, **overrides) -> PMF:
