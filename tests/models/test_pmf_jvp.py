@@ -112,3 +112,21 @@ def test_jvp_on_rows_equals_the_full_jvp_where_asked_and_zero_elsewhere(model64,
     grads = torch.autograd.grad(u_r.square().mean() + v_r.mean(), list(model64.parameters()))
     expected = torch.autograd.grad(u.square().mean() + v.mean(), list(model64.parameters()))
     assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(grads, expected))
+
+
+def test_separate_jvp_pass_gives_the_same_values_and_gradients(model64):
+    """jvp_transform "separate" (FSDP2 per block: du/dt from a pass without gradient, then the plain forward)
+    equals the dual forward: u, v, du/dt and the gradients; its du/dt carries no graph."""
+    z, dz, t, h, cond, y = inputs64()
+    model64.set_jvp_mode("function")
+    u, v, du_dt = model64(z, t, h, *cond, y, jvp_tangent=dz)
+    expected = torch.autograd.grad(u.square().mean() + v.mean(), list(model64.parameters()))
+    model64.jvp_transform = "separate"
+    try:
+        u_s, v_s, du_s = model64(z, t, h, *cond, y, jvp_tangent=dz)
+    finally:
+        model64.jvp_transform = "forward_ad"
+    assert torch.allclose(u_s, u, atol=1e-12) and torch.allclose(v_s, v, atol=1e-12)
+    assert torch.allclose(du_s, du_dt, atol=1e-12) and du_s.grad_fn is None and not du_s.requires_grad
+    grads = torch.autograd.grad(u_s.square().mean() + v_s.mean(), list(model64.parameters()))
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(grads, expected))

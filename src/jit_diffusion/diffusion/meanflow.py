@@ -206,11 +206,12 @@ def guided(v_t: torch.Tensor, w: torch.Tensor, v_c: torch.Tensor, v_u: torch.Ten
 
 
 def fixed_shapes(model) -> bool:
-    """Whether ``model`` (through torch.compile and DDP wrappers) was compiled for fixed shapes (a pMF
-    network's ``compile_model``): the objective then keeps its batch sizes fixed."""
+    """Whether ``model`` (through torch.compile and DDP wrappers) wants the same calls every step: compiled
+    for fixed shapes (``compile_model``) or sharded per block with FSDP2 (every rank must then run the same
+    sequence of block forwards, whatever its images). The objective then keeps its batch sizes fixed."""
     inner = getattr(model, "_orig_mod", model)
     inner = getattr(inner, "module", inner)
-    return getattr(inner, "jvp_transform", None) == "func"
+    return getattr(inner, "jvp_transform", None) in ("func", "separate")
 
 
 def num_classes(model) -> int:

@@ -139,7 +139,8 @@ class PMF(nn.Module):
         cos, sin = rope_tables_2d(H // config.num_heads, config.grid_size, config.num_prefix)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.jvp_transform = "forward_ad"  # or "func" (torch.func.jvp): what a compiled forward traces
+        # "forward_ad", "func" (torch.func.jvp: what a compiled forward traces) or "separate" (FSDP2 per block)
+        self.jvp_transform = "forward_ad"
         self.initialize_weights()
 
     @property
@@ -232,7 +233,7 @@ class PMF(nn.Module):
         ``heads``: "u", "v" or "uv" (default: both when the model has a v head, else "u").
         ``jvp_tangent`` (B, C, H, W): return (u, v, du/dt) instead, see :meth:`forward_with_jvp`;
         ``jvp_rows`` (B,) bool: du/dt is needed only there (0 elsewhere), see :meth:`jvp_on_rows`."""
-        if jvp_tangent is not None and jvp_rows is not None and self.jvp_transform != "func":
+        if jvp_tangent is not None and jvp_rows is not None and self.jvp_transform == "forward_ad":
             return self.jvp_on_rows(z, t, h, omega, t_min, t_max, y, jvp_tangent, jvp_rows)
         if jvp_tangent is not None:
             return self.forward_with_jvp(z, t, h, omega, t_min, t_max, y, jvp_tangent)
@@ -250,6 +251,8 @@ class PMF(nn.Module):
         It runs inside ``forward`` so that DDP/FSDP wrappers see one ordinary call."""
         if self.jvp_transform == "func":
             return self._func_jvp(z, t, h, omega, t_min, t_max, y, tangent_z)
+        if self.jvp_transform == "separate":
+            return self._separate_jvp(z, t, h, omega, t_min, t_max, y, tangent_z)
         with dual_level():
             ones = torch.ones_like(t)
             z_dual, t_dual = fwAD.make_dual(z, tangent_z.to(z.dtype)), fwAD.make_dual(t, ones)
@@ -276,6 +279,19 @@ class PMF(nn.Module):
         join = lambda a, b: None if a is None else torch.cat([a, b])[back]  # noqa: E731
         return join(u1, u0), join(v1, v0), join(du1, torch.zeros_like(u0))
 
+    def _separate_jvp(self, z, t, h, omega, t_min, t_max, y, tangent_z):
+        """:meth:`forward_with_jvp` with du/dt from its own forward-AD pass without gradient, then the plain
+        forward with gradient: one more trunk-and-u-head pass, but no autograd node ever sees a dual tensor
+        (FSDP2's per-block hooks are autograd Functions without a forward-AD rule; without gradient they
+        only gather and free the parameters). Same values."""
+        with torch.no_grad(), dual_level():
+            ones = torch.ones_like(t)
+            z_dual, t_dual = fwAD.make_dual(z, tangent_z.to(z.dtype)), fwAD.make_dual(t, ones)
+            tokens = self.trunk(z_dual, fwAD.make_dual(h, ones), omega, t_min, t_max, y)
+            du_dt = fwAD.unpack_dual(self.velocity(z_dual, self.head(tokens, "u"), t_dual)).tangent
+        u, v = self.forward(z, t, h, omega, t_min, t_max, y)
+        return u, v, du_dt
+
     def _func_jvp(self, z, t, h, omega, t_min, t_max, y, tangent_z):
         """:meth:`forward_with_jvp` through ``torch.func.jvp`` (what ``compile_model`` uses); same values."""
 
@@ -287,6 +303,10 @@ class PMF(nn.Module):
         u, du_dt, tokens = torch.func.jvp(u_and_tokens, (z, t, h), (tangent_z.to(z.dtype), ones, ones), has_aux=True)
         v = self.velocity(z, self.head(tokens, "v"), t) if self.has_v_head else None
         return u, v, du_dt.detach()
+
+    def all_blocks(self) -> list[nn.Module]:
+        """The transformer blocks: shared, then the u head's, then the v head's (FSDP2's units)."""
+        return [*self.shared_blocks, *self.u_heads, *(self.v_heads if self.has_v_head else [])]
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

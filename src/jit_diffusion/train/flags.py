@@ -111,8 +111,8 @@ PMF_EPILOG = ("pMF models (--model pMF-Ti/4 ... pMF-H/32) train with the pMF obj
               "--optimizer muon --lr 1e-3 constant without warm-up, --ema-half-lives 500,1000,2000, and sample "
               "grids with the preset's public guidance (--sample-cfg = omega, --sample-interval in our time, "
               "--sample-steps 1). Not for pMF: --prediction/--loss, dropout, --cuda-graph, "
-              "--grad-checkpointing; --compile (CUDA, opt-in) traces the JVP with torch.func.jvp; --fsdp shards the "
-              "whole network as one unit and needs --optimizer adamw.")
+              "--grad-checkpointing; --compile (CUDA, opt-in) traces the JVP with torch.func.jvp; --fsdp shards each "
+              "block (the JVP then runs in its own pass without gradient) and needs --optimizer adamw.")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -155,8 +155,10 @@ class Trainer:
         if cfg.compile:
             self.model.compile_model(compile_scope(self.sharded))
         self.train_model: nn.Module = self.model
-        if self.sharded:  # pMF: one unit, the root (FSDP2's per-block input hooks have no forward-AD rule)
-            self.train_model = apply_fsdp(self.model, None if cfg.family == "jit" else [])
+        if self.sharded:  # each block, then the root; pMF's JVP then runs in its own pass without gradient
+            self.train_model = apply_fsdp(self.model, None if cfg.family == "jit" else self.model.all_blocks())
+            if cfg.family != "jit":
+                self.model.jvp_transform = "separate"
         elif self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
