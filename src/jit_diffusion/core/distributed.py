@@ -89,5 +89,8 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Tear the process group down once every rank is here (a peer still inside a collective while the
+    group is destroyed can abort the process)."""
     if info.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
