@@ -28,23 +28,11 @@ class Limits:
 
     def images(self, count) -> int:
         """``count`` as an int in 1..max_images."""
-        count = _whole(count, "image count")
-        if count < 1:
-            raise UserError(f"image count must be at least 1, got {count}")
-        if count > self.max_images:
-            raise UserError(f"image count {count} is over the cap of {self.max_images} images per request "
-                            "(start jit studio with --max-images to change it)")  # fmt: skip
-        return count
+        return _within(count, "image count", self.max_images, "images", "--max-images")
 
     def steps(self, steps) -> int:
         """``steps`` as an int in 1..max_steps."""
-        steps = _whole(steps, "steps")
-        if steps < 1:
-            raise UserError(f"steps must be at least 1, got {steps}")
-        if steps > self.max_steps:
-            raise UserError(f"steps {steps} is over the cap of {self.max_steps} ODE steps per request "
-                            "(start jit studio with --max-steps to change it)")  # fmt: skip
-        return steps
+        return _within(steps, "steps", self.max_steps, "ODE steps", "--max-steps")
 
     def upload(self, nbytes: int, name: str = "upload") -> None:
         """Refuse a file of more than max_upload_mb megabytes."""
@@ -66,3 +54,14 @@ def _whole(value, field: str) -> int:
     if not math.isfinite(number) or number != int(number):
         raise UserError(f"{field} must be a whole number, got {value!r}")
     return int(number)
+
+
+def _within(value, name: str, cap: int, unit: str, flag: str) -> int:
+    """``value`` as an int in 1..cap, else a one-line UserError naming the flag that sets the cap."""
+    value = _whole(value, name)
+    if value < 1:
+        raise UserError(f"{name} must be at least 1, got {value}")
+    if value > cap:
+        raise UserError(f"{name} {value} is over the cap of {cap} {unit} per request "
+                        f"(start jit studio with {flag} to change it)")  # fmt: skip
+    return value
