@@ -77,6 +77,11 @@ def torchrun_jit(*args, nproc: int = 2) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
 
 
+def max_abs_diff(a: dict, b: dict) -> float:
+    """The largest absolute difference between two state dicts over ``a``'s keys."""
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
 def trained_source(root: Path, train, model: str, steps: int) -> dict:
     """A run of ``model`` at 16 px on a 4-class image folder, trained by ``train(*flags)`` for ``steps``
     steps: {"run", "data", "ckpt" (its latest checkpoint), "ema1" (that checkpoint's ema1 weights)}."""

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import make_image_folder, torchrun_jit, trained_source
+from conftest import make_image_folder, max_abs_diff, torchrun_jit, trained_source
 
 from jit_diffusion import cli
 from jit_diffusion.formats.checkpoint import latest_checkpoint, read_checkpoint, training_weights, weights_digest
@@ -201,9 +201,9 @@ def test_two_processes_match_one_for_lora(source, tmp_path):
     torchrun_jit(*common, "--out", tmp_path / "two")
     one, two = (read_checkpoint(latest_checkpoint(tmp_path / r)) for r in ("one", "two"))
     for key in ("ema1", "ema2"):
-        worst = max((one["ema"][key][k] - two["ema"][key][k]).abs().max().item() for k in one["ema"][key])
+        worst = max_abs_diff(one["ema"][key], two["ema"][key])
         assert worst < 1e-5, (key, worst)
-    worst = max((one["model"][k] - two["model"][k]).abs().max().item() for k in one["model"])
+    worst = max_abs_diff(one["model"], two["model"])
     assert worst < 1e-5 and one["model"].keys() == two["model"].keys()
 
 
