@@ -14,6 +14,7 @@ from jit_diffusion.diffusion.meanflow import (
     adaptive_weighted,
     cfg_scale,
     drop_classes,
+    guided,
 )
 from jit_diffusion.models.pmf import create_pmf_model
 
@@ -267,3 +268,18 @@ def test_guided_velocities_compute_only_the_rows_used(model64):
     assert torch.allclose(v_c[cond_rows], v_c_ref[cond_rows], atol=1e-12) and (v_c[~cond_rows] == 0).all()
     assert torch.allclose(v_u[needed], v_u_ref[needed], atol=1e-12) and (v_u[~needed] == 0).all()
     assert torch.equal(w, torch.where(inside, draws.omega, one))
+
+
+def test_without_guidance_no_unconditional_rows_run(model64):
+    """--cfg-max 0 (omega = 1 always): the target is v_t, so the v head runs only for the JVP tangents."""
+    B = 8
+    objective = PMFObjective(cfg_max=0.0, class_dropout_prob=0.3)
+    draws = objective.counter_draws(2, 5, torch.arange(B), B, SHAPE)
+    draws = MeanFlowDraws(*(d.double() if d.is_floating_point() else d for d in vars(draws).values()))
+    z = torch.randn(B, *SHAPE, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    cond_rows = ~draws.flow_matching
+    counting = Counting(model64)
+    w, v_c, v_u = objective.guided_velocities(counting, z, draws.t, torch.arange(B) % 4, draws, 4, cond_rows)
+    assert torch.equal(w, torch.ones_like(w)) and counting.rows == [int(cond_rows.sum())] and (v_u == 0).all()
+    v_t = torch.randn_like(z)
+    assert torch.equal(guided(v_t, w, v_c, v_u), v_t)

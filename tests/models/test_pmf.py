@@ -126,6 +126,8 @@ def test_official_preset_architecture():
         1, 2, 1, 4, 2, 4,
     ]  # fmt: skip
     assert (PMF_DEFAULTS["pMF-B/16"].omega, PMF_DEFAULTS["pMF-B/16"].interval) == (8.5, (0.1, 0.7))
+    assert {pmf_preset_config(n).num_prefix for n in PMF_PRESETS if not n.startswith("pMF-Ti")} == {20}  # public
+    assert pmf_preset_config("pMF-Ti/8").num_prefix == 8  # like JiT-Ti's 8 in-context tokens
     assert {n for n in PMF_PRESETS if n.startswith(("pMF-Ti", "pMF-S"))} == {
         f"pMF-{f}/{p}" for f in ("Ti", "S") for p in (4, 8, 16)
     }

@@ -18,7 +18,7 @@ from jit_diffusion.train.flags import config_from_args
 from jit_diffusion.train.pmf_optim import edm_ema_beta
 from jit_diffusion.train.trainer import Trainer
 
-# pMF-Ti/4 at 16 px (16 patches + 20 prefix tokens), batch 8 of 32 images in 4 classes
+# pMF-Ti/4 at 16 px (16 patches + 8 prefix tokens), batch 8 of 32 images in 4 classes
 TINY = ["--model", "pMF-Ti/4", "--img-size", "16", "--batch-size", "8", "--log-every", "2", "--sample-every", "0",
         "--keep-last", "10", "--label-drop", "0.3", "--ema-half-lives", "0.01,0.1"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -44,6 +44,9 @@ def test_family_defaults_only_where_not_given():
     assert (cfg.ema_decays, cfg.ema_half_lives, cfg.lr, cfg.optimizer) == ([0.99], [], None, "adamw")
     cfg, _ = config_from_args(_args("--model", "pMF-H/16", "--tr-uniform", "0.1"))
     assert cfg.tr_uniform == 0.1 and cfg.objective().tr_uniform == 0.1
+    for cfg_max, omega in ((0.0, 1.0), (3.0, 4.0), (9.0, 8.5)):  # the default omega: one the run trains on
+        cfg, _ = config_from_args(_args("--model", "pMF-Ti/4", "--cfg-max", str(cfg_max)))
+        assert cfg.sample_cfg == omega
     jit, _ = config_from_args(_args("--model", "JiT-Ti/4"))
     assert jit == TrainConfig(model="JiT-Ti/4", steps=1000)  # JiT: the dataclass defaults, nothing else
     assert jit.family == "jit" and with_family_defaults({"model": "JiT-B/16"}) == {"model": "JiT-B/16"}

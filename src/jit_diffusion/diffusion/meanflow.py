@@ -128,8 +128,8 @@ class PMFObjective:
     def guided_velocities(self, model, z, t, labels, draws: MeanFlowDraws, null_label: int, cond_rows=None):
         """(w, v_c, v_u) from the v head at h = 0 with the interval input [0, 1]: w = omega inside [t_min,
         t_max] and 1 outside, v_c at (y, w) for ``cond_rows`` (default: every image), v_u at (null, 1) only
-        for the images whose target uses it (w may differ from 1 and the class is kept: elsewhere (1 - 1/w)
-        = 0 or dropout replaces the target by v_t); rows not computed are 0. One forward of the rows
+        for the images whose target uses it (w != 1 and the class is kept: elsewhere (1 - 1/w) = 0 or
+        dropout replaces the target by v_t); rows not computed are 0. One forward of the rows
         needed; a compiled network, which wants fixed shapes, gets all 2B."""
         B = z.shape[0]
         inside = draws.flow_matching | ((t >= draws.t_min) & (t <= draws.t_max))
@@ -138,7 +138,7 @@ class PMFObjective:
         cond, uncond = every, every
         if not fixed_shapes(model):
             cond = every if cond_rows is None else cond_rows.nonzero()[:, 0]
-            uncond = (inside & ~draws.dropped).nonzero()[:, 0]
+            uncond = (inside & ~draws.dropped & (w != 1)).nonzero()[:, 0]
         n = len(cond) + len(uncond)
         v_c, v_u = torch.zeros_like(z), torch.zeros_like(z)
         if n:

@@ -2,9 +2,10 @@
 
 Inputs (pMF time: t = 1 noise, t = 0 image): the noisy image z, t, the time gap h = t - r, the guidance
 weight omega, the guidance interval [t_min, t_max] and the class y (index num_classes = null). The
-sequence is [class (8), omega (4), t_min (2), t_max (2), time gap (4) prefix tokens, patch tokens] plus a
-learned position embedding; (depth - aux_head_depth) shared blocks, then a u head and a v head of
-aux_head_depth blocks each. Each head predicts an image x_hat and returns (z - x_hat) / clip(t, 0.05, 1).
+sequence is [class (8), omega (4), t_min (2), t_max (2), time gap (4) prefix tokens, patch tokens] (the
+public counts; the Ti presets have 4, 1, 1, 1, 1) plus a learned position embedding; (depth -
+aux_head_depth) shared blocks, then a u head and a v head of aux_head_depth blocks each. Each head
+predicts an image x_hat and returns (z - x_hat) / clip(t, 0.05, 1).
 
 Parameter names are the public ones without the ``._flax_linear`` / ``._flax_embedding`` segments
 (:mod:`pmf_official` maps them); the RoPE tables are derived, non-persistent buffers.

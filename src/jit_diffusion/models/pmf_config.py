@@ -108,12 +108,15 @@ class PMFDefaults:
 
 # ---------------------------------------------------------------------------------------------
 # Presets: B/L/H as the public code (256 px at /16, 512 at /32); Ti/S small ones for CPU work, with
-# JiT's Ti/S widths and an 8x8 token grid (32 px at patch 4, 64 at 8, 128 at 16).
+# JiT's Ti/S widths and an 8x8 token grid (32 px at patch 4, 64 at 8, 128 at 16). Ti has 8 prefix tokens
+# (class 4, one each for omega, t_min, t_max and the gap), like JiT-Ti's 8 in-context tokens: with the
+# public 20, a Ti/8 at 32 px would spend more than half its tokens on the prefix (results.md section 8).
 # ---------------------------------------------------------------------------------------------
 
+_TI_PREFIX = dict(num_class_tokens=4, num_cfg_tokens=1, num_interval_tokens=1, num_time_tokens=1)
 _FAMILIES = {
     # name: depth, hidden, heads, aux head depth (Ti: JiT-Ti's bottleneck of 64)
-    "Ti": dict(depth=6, hidden_size=192, num_heads=3, aux_head_depth=2, bottleneck_dim=64),
+    "Ti": dict(depth=6, hidden_size=192, num_heads=3, aux_head_depth=2, bottleneck_dim=64, **_TI_PREFIX),
     "S": dict(depth=12, hidden_size=384, num_heads=6, aux_head_depth=4),
     "B": dict(depth=16, hidden_size=768, num_heads=12, aux_head_depth=8),
     "L": dict(depth=32, hidden_size=1024, num_heads=16, aux_head_depth=8),

@@ -92,7 +92,8 @@ FLAGS = [
      "the rest)"),
     ("--ema-half-lives", "ema_half_lives", _floats, "comma-separated EMA half-lives in kimg, EDM rule each step "
      "(pMF default 500,1000,2000; replaces --ema)"),
-    ("--cfg-max", "cfg_max", float, "pMF: guidance weights omega ~ 1/omega on [1, 1 + cfg-max] (default 7)"),
+    ("--cfg-max", "cfg_max", float, "pMF: guidance weights omega ~ 1/omega on [1, 1 + cfg-max] (default 7; 0 = no "
+     "guidance: the target is the conditional velocity and sampling uses omega 1)"),
     ("--fm-fraction", "fm_fraction", float, "pMF: share of the global batch trained with r = t (default 0.5)"),
     ("--tr-uniform", "tr_uniform", float, "pMF: share of images whose t and r are both drawn from U(0, 1) instead of "
      "the logit-normal (default 0; the public H/16 recipe: 0.1)"),
