@@ -44,7 +44,8 @@ def test_family_defaults_only_where_not_given():
     assert (cfg.ema_decays, cfg.ema_half_lives, cfg.lr, cfg.optimizer) == ([0.99], [], None, "adamw")
     cfg, _ = config_from_args(_args("--model", "pMF-H/16", "--tr-uniform", "0.1"))
     assert cfg.tr_uniform == 0.1 and cfg.objective().tr_uniform == 0.1
-    for cfg_max, omega in ((0.0, 1.0), (3.0, 4.0), (9.0, 8.5)):  # the default omega: one the run trains on
+    # a narrower --cfg-max than the public 7 samples at an omega the run trains on; 7 (given or not) keeps 8.5
+    for cfg_max, omega in ((0.0, 1.0), (3.0, 4.0), (7.0, 8.5), (9.0, 8.5)):
         cfg, _ = config_from_args(_args("--model", "pMF-Ti/4", "--cfg-max", str(cfg_max)))
         assert cfg.sample_cfg == omega
     jit, _ = config_from_args(_args("--model", "JiT-Ti/4"))

@@ -169,7 +169,8 @@ def with_family_defaults(given: dict) -> dict:
         defaults["ema_decays"] = []
     if "blr" in given:
         defaults.pop("lr", None)
-    if "sample_cfg" in defaults and given.get("cfg_max") is not None:  # a trained omega: within [1, 1 + cfg_max]
+    narrower = given.get("cfg_max") is not None and given["cfg_max"] < TrainConfig.cfg_max
+    if "sample_cfg" in defaults and narrower:  # fewer omegas trained than the public recipe's: one of them
         defaults["sample_cfg"] = min(defaults["sample_cfg"], 1.0 + given["cfg_max"])
     return {**{k: v for k, v in defaults.items() if k not in given}, **given}
 
