@@ -245,14 +245,19 @@ class Counting(torch.nn.Module):
         return self.net(z, *args, **kwargs)
 
 
+def _double_draws_and_z(objective: PMFObjective, B: int) -> tuple[MeanFlowDraws, torch.Tensor]:
+    """Step 5's draws (seed 2) for a batch of B, in float64, and a float64 z."""
+    draws = objective.counter_draws(2, 5, torch.arange(B), B, SHAPE)
+    draws = MeanFlowDraws(*(d.double() if d.is_floating_point() else d for d in vars(draws).values()))
+    return draws, torch.randn(B, *SHAPE, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+
 def test_guided_velocities_compute_only_the_rows_used(model64):
     """v_c for the asked rows, v_u where the class is kept and w may differ from 1; zeros elsewhere, the
     computed rows equal to the v head's on the full batch."""
     B = 8
     objective = PMFObjective(class_dropout_prob=0.3)
-    draws = objective.counter_draws(2, 5, torch.arange(B), B, SHAPE)
-    draws = MeanFlowDraws(*(d.double() if d.is_floating_point() else d for d in vars(draws).values()))
-    z = torch.randn(B, *SHAPE, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    draws, z = _double_draws_and_z(objective, B)
     t, y, null = draws.t, torch.arange(B) % 4, 4
     cond_rows = ~draws.flow_matching
     counting = Counting(model64)
@@ -274,9 +279,7 @@ def test_without_guidance_no_unconditional_rows_run(model64):
     """--cfg-max 0 (omega = 1 always): the target is v_t, so the v head runs only for the JVP tangents."""
     B = 8
     objective = PMFObjective(cfg_max=0.0, class_dropout_prob=0.3)
-    draws = objective.counter_draws(2, 5, torch.arange(B), B, SHAPE)
-    draws = MeanFlowDraws(*(d.double() if d.is_floating_point() else d for d in vars(draws).values()))
-    z = torch.randn(B, *SHAPE, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    draws, z = _double_draws_and_z(objective, B)
     cond_rows = ~draws.flow_matching
     counting = Counting(model64)
     w, v_c, v_u = objective.guided_velocities(counting, z, draws.t, torch.arange(B) % 4, draws, 4, cond_rows)
