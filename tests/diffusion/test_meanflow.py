@@ -238,7 +238,7 @@ class Counting(torch.nn.Module):
     def __init__(self, net):
         super().__init__()
         self.net, self.rows = net, []
-        self.num_classes = net.num_classes
+        self.num_classes, self.has_v_head = net.num_classes, net.has_v_head
 
     def forward(self, z, *args, **kwargs):
         self.rows.append(z.shape[0])
@@ -286,3 +286,68 @@ def test_without_guidance_no_unconditional_rows_run(model64):
     assert torch.equal(w, torch.ones_like(w)) and counting.rows == [int(cond_rows.sum())] and (v_u == 0).all()
     v_t = torch.randn_like(z)
     assert torch.equal(guided(v_t, w, v_c, v_u), v_t)
+
+
+def reference_sample_tangent_loss(model, x, y, d: MeanFlowDraws):
+    """MeanFlow's form written out: no v head, guidance velocities from u at h = 0, JVP tangent e - x."""
+    null, sh = model.num_classes, (-1, 1, 1, 1)
+    t, r, e = d.t.double(), d.r.double(), d.noise.double()
+    z = (1 - t.view(sh)) * x + t.view(sh) * e
+    v_t = (z - x) / t.clamp(0.05, 1).view(sh)
+    zero, one = torch.zeros_like(t), torch.ones_like(t)
+    with torch.no_grad():
+        w = torch.where(d.flow_matching | ((t >= d.t_min) & (t <= d.t_max)), d.omega.double(), one)
+        v_c = model(z, t, zero, w, zero, one, y)[0]
+        v_u = model(z, t, zero, one, zero, one, torch.full_like(y, null))[0]
+    labels = torch.where(d.dropped, torch.full_like(y, null), y)
+    v_g = torch.where(d.dropped.view(sh), v_t, v_t + (1 - 1 / w).view(sh) * (v_c - v_u))
+    cond = (d.omega.double(), d.t_min.double(), d.t_max.double(), labels)
+    f = lambda zz, tt, rr: model(zz, tt, tt - rr, *cond)[0]  # noqa: E731
+    eps = 1e-6
+    with torch.no_grad():
+        du_dt = (f(z + eps * (e - x), t + eps, r) - f(z - eps * (e - x), t - eps, r)) / (2 * eps)
+    V = model(z, t, t - r, *cond)[0] + (t - r).view(sh) * du_dt
+    loss_u = ((V - v_g) ** 2).sum((1, 2, 3))
+    return (loss_u / (loss_u.detach() + 0.01)).mean(), loss_u
+
+
+@pytest.fixture(scope="module")
+def model64_u_only(model64):
+    """model64 without its v head (the same trunk and u head)."""
+    model = create_pmf_model("pMF-Ti/4", num_classes=4, input_size=16, v_head=False).double()
+    model.load_state_dict({k: v for k, v in model64.state_dict().items() if not k.startswith("v_")})
+    return model
+
+
+def test_sample_tangent_loss_and_gradients_equal_meanflow_written_out(model64_u_only):
+    """tangent "sample" on a network without a v head: the u term only, with MeanFlow's e - x as the JVP's
+    dz and the guidance velocities (and the flow-matching rows' v_c) from u at h = 0."""
+    objective = PMFObjective(class_dropout_prob=0.5, tangent="sample")
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(6, *SHAPE, generator=gen, dtype=torch.float64) * 2 - 1
+    y = torch.tensor([0, 1, 2, 3, 1, 2])
+    draws = objective.counter_draws(7, 4, torch.arange(6), 6, SHAPE)
+    assert draws.dropped.any() and not draws.dropped.all() and draws.flow_matching.any()
+    model64_u_only.set_jvp_mode("function")
+    terms = objective.per_sample_losses(model64_u_only, x, y, draws)
+    expected, loss_u = reference_sample_tangent_loss(model64_u_only, x, y, draws)
+    assert set(terms) == {"u", "loss"} and torch.allclose(terms["u"], loss_u, rtol=1e-6)
+    grads = torch.autograd.grad(terms["loss"].mean(), list(model64_u_only.parameters()))
+    expected_grads = torch.autograd.grad(expected, list(model64_u_only.parameters()))
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(grads, expected_grads))
+
+
+def test_sample_tangent_without_guidance_runs_one_forward_and_v_head_tangent_needs_a_v_head(model64_u_only):
+    """No guidance and no dropout: the only network call is the loss's own; the public tangent refuses a
+    network without a v head."""
+    B = 8
+    objective = PMFObjective(cfg_max=0.0, class_dropout_prob=0.0, tangent="sample")
+    draws, _ = _double_draws_and_z(objective, B)
+    x = torch.rand(B, *SHAPE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    counting = Counting(model64_u_only)
+    objective.per_sample_losses(counting, x, torch.arange(B) % 4, draws)
+    assert counting.rows == [B]
+    with pytest.raises(ValueError, match="v-head tangent needs a network with a v head"):
+        PMFObjective().per_sample_losses(model64_u_only, x, torch.arange(B) % 4, draws)
+    with pytest.raises(ValueError, match="tangent must be one of"):
+        PMFObjective(tangent="model")

@@ -1,5 +1,7 @@
 """Forward-mode derivatives through the pMF network: attention JVP rule and the model's du/dt vs finite differences."""
 
+import copy
+
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -130,3 +132,23 @@ def test_separate_jvp_pass_gives_the_same_values_and_gradients(model64):
     assert torch.allclose(du_s, du_dt, atol=1e-12) and du_s.grad_fn is None and not du_s.requires_grad
     grads = torch.autograd.grad(u_s.square().mean() + v_s.mean(), list(model64.parameters()))
     assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(grads, expected))
+
+
+def test_central_differences_are_close_to_forward_ad_in_float32_and_only_on_rows(model64):
+    """jvp_transform "difference": u and v (and their gradients) of the plain forward; du/dt by central
+    differences in fp32 within 1e-3 of the forward-mode one where asked, 0 elsewhere, without a graph."""
+    model = copy.deepcopy(model64).float()
+    z, dz, t, h, cond, y = inputs64()
+    z, dz, t, h, cond = z.float(), dz.float(), t.float(), h.float(), tuple(c.float() for c in cond)
+    model.set_jvp_mode("function")
+    u, v, du_dt = model(z, t, h, *cond, y, jvp_tangent=dz)
+    expected = torch.autograd.grad(u.square().mean() + v.mean(), list(model.parameters()))
+    model.jvp_transform = "difference"
+    u_d, v_d, du_d = model(z, t, h, *cond, y, jvp_tangent=dz)
+    assert torch.equal(u_d, model(z, t, h, *cond, y)[0]) and torch.allclose(u_d, u, atol=1e-5)
+    assert (du_d - du_dt).norm() < 1e-3 * du_dt.norm() and not du_d.requires_grad
+    grads = torch.autograd.grad(u_d.square().mean() + v_d.mean(), list(model.parameters()))
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads, expected))
+    rows = torch.tensor([False, True])
+    du_rows = model(z, t, h, *cond, y, jvp_tangent=dz, jvp_rows=rows)[2]
+    assert (du_rows[0] == 0).all() and (du_rows[1] - du_dt[1]).norm() < 1e-3 * du_dt[1].norm()

@@ -81,6 +81,18 @@ def test_an_official_file_without_v_head_at_a_new_size(source, tmp_path):
     assert json.loads((run / "config.json").read_text())["resolved"]["init_from"]["v_head_from_u"] is True
 
 
+def test_a_run_without_v_head_leaves_the_sources_out(source, tmp_path):
+    """--jvp-tangent sample builds the network without its v head: the source's trunk and u head are kept
+    (--lr 0: bitwise), its v head is left out and the run's checkpoint has none."""
+    run = tmp_path / "run"
+    assert _train("--init-from", source["run"], "--data", source["data"], "--jvp-tangent", "sample", "--lr", 0,
+                  "--steps", 1, "--out", run) == 0  # fmt: skip
+    weights = _weights(run)["model"]
+    old = source["ema1"]
+    assert not any(k.startswith("v_") for k in weights) and any(k.startswith("v_heads.") for k in old)
+    assert all(torch.equal(tensor, old[name]) for name, tensor in weights.items())
+
+
 def _identity(folder):
     mapping = folder / "map.json"
     mapping.write_text(json.dumps({f"class_{i}": i for i in range(4)}))

@@ -63,9 +63,12 @@ def test_family_defaults_only_where_not_given():
     (["--optimizer", "sgd"], "--optimizer must be adamw or muon, got 'sgd'"),
     (["--ema", "0.9"], "give --ema (fixed decays) or --ema-half-lives (EDM rule), not both"),
     (["--fm-fraction", "1.5"], "data_proportion must lie in [0, 1], got 1.5"),
-    (["--tr-uniform", "-0.1"], "--tr-uniform/--label-drop/--p-std/--noise-scale: pMF objective: tr_uniform must"),
+    (["--tr-uniform", "-0.1"], "--p-std/--noise-scale/--jvp-tangent: pMF objective: tr_uniform must"),
     (["--model", "pMF-Q/3"], "--model: unknown pMF preset 'pMF-Q/3'"),
     (["--sample-cfg", "0.5"], "--sample-cfg: the pMF guidance weight omega must be >= 1, got 0.5"),
+    (["--jvp-method", "exact"], "--jvp-method must be autodiff or difference, got 'exact'"),
+    (["--jvp-tangent", "model"], "--jvp-tangent: pMF objective: tangent must be one of ('v-head', 'sample')"),
+    (["--jvp-method", "difference", "--compile"], "--jvp-method difference with --compile/--fsdp is not available"),
 ])  # fmt: skip
 def test_bad_flags_are_one_line_errors_before_any_work(tmp_path, capsys, flags, needle):
     data = make_image_folder(tmp_path / "data", num_classes=2, per_class=4)
@@ -85,7 +88,7 @@ def test_muon_for_jit_and_unlabelled_data_are_refused(tmp_path, capsys):
     assert cli.main(["train", "--model", "JiT-Ti/4", "--img-size", "16", "--batch-size", "8", "--tr-uniform", "0.1",
                      "--data", str(flat), "--steps", "1", "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--tr-uniform/--lpips-weights/--convnext-weights are for pMF models" in err[0]
+    assert len(err) == 1 and "--tr-uniform/--lpips-weights/--convnext-weights/--jvp-tangent" in err[0]
 
 
 def _config(tmp_path, name, **fields) -> TrainConfig:
@@ -95,12 +98,15 @@ def _config(tmp_path, name, **fields) -> TrainConfig:
 
 
 @pytest.mark.slow
-def test_resume_is_bitwise_identical(tmp_path):
+@pytest.mark.parametrize("fields", [{}, dict(jvp_tangent="sample", jvp_method="difference")],
+                         ids=["public", "sample-tangent-differences"])  # fmt: skip
+def test_resume_is_bitwise_identical(tmp_path, fields):
     """4 steps in one go == 2 steps, a checkpoint, and a resumed run to 4: weights, both EMAs, Muon and
-    NAdam state; the checkpoint says it is a pMF run and holds the PMFConfig; the sample grid is written."""
+    NAdam state; the checkpoint says it is a pMF run and holds the PMFConfig (without the v head for the
+    sample tangent); the sample grid is written."""
     make_image_folder(tmp_path / "data")
     for name, steps, resume in (("full", 4, False), ("part", 2, False), ("part", 4, True)):
-        cfg = _config(tmp_path, name, steps=steps, sample_every=4, sample_per_class=2)
+        cfg = _config(tmp_path, name, steps=steps, sample_every=4, sample_per_class=2, **fields)
         trainer = Trainer(cfg, resume=resume)
         trainer.run()
         trainer.close()
@@ -116,6 +122,8 @@ def test_resume_is_bitwise_identical(tmp_path):
                 assert torch.equal(torch.as_tensor(v), torch.as_tensor(other)), (side, index, k)
     ckpt = full["ckpt"]
     assert ckpt["model_family"] == "pmf" and ckpt["model_config"]["aux_head_depth"] == 2
+    public = not fields
+    assert ckpt["model_config"]["v_head"] == public and any(k.startswith("v_heads.") for k in ckpt["model"]) == public
     PMF(**ckpt["model_config"]).load_state_dict(ckpt["model"], strict=True)
     assert (tmp_path / "part" / "samples" / "step_00000004.png").is_file()
     # EDM EMA with a 10-image half-life after 4 steps of 8 images: ramp-up gives 0.5^(8 / (3 * 8 * 0.05))
@@ -124,8 +132,9 @@ def test_resume_is_bitwise_identical(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_and_accumulation_match_one(tmp_path):
-    """torchrun with 2 gloo processes (DDP: the JVP is inside the model's forward; FSDP2 with a resume) and
-    --grad-accum 2 give the weights of one process on the same global batch, to float rounding; the draws
+    """torchrun with 2 gloo processes (DDP: the JVP is inside the model's forward; FSDP2 with a resume; the
+    sample tangent with differences) and --grad-accum 2 give the weights of one process on the same global
+    batch, to float rounding; the draws
     (flow-matching half, first-n class dropout) are decided over the global batch."""
     data = make_image_folder(tmp_path / "data")
     common = [*TINY, "--data", str(data), "--steps", "3", "--ckpt-every", "3"]
@@ -143,9 +152,15 @@ def test_two_processes_and_accumulation_match_one(tmp_path):
     run("--optimizer", "adamw", "--out", str(tmp_path / "one_adamw"))
     run("--optimizer", "adamw", "--fsdp", "--steps", "2", "--out", str(tmp_path / "fsdp"), launcher=torchrun)
     run("--optimizer", "adamw", "--fsdp", "--resume", "--out", str(tmp_path / "fsdp"), launcher=torchrun)
+    # no v head, du/dt by central differences (each rank on its own rows)
+    sample = ("--jvp-tangent", "sample", "--jvp-method", "difference")
+    run(*sample, "--out", str(tmp_path / "one_sample"))
+    run(*sample, "--out", str(tmp_path / "two_sample"), launcher=torchrun)
     ref = _final(tmp_path / "one")
     assert _final(tmp_path / "two")["ckpt"]["world_size"] == 2
-    for name, reference in (("two", ref), ("accum", ref), ("fsdp", _final(tmp_path / "one_adamw"))):
+    pairs = (("two", ref), ("accum", ref), ("fsdp", _final(tmp_path / "one_adamw")),
+             ("two_sample", _final(tmp_path / "one_sample")))  # fmt: skip
+    for name, reference in pairs:
         other = _final(tmp_path / name)
         assert other["step"] == 3
         for key in ("model", "ema1", "ema2"):

@@ -5,7 +5,8 @@ r = t: flow-matching samples), z = (1 - t) x + t e, v_t = (z - x) / clip(t, 0.05
 omega with density 1/omega on [1, 1 + cfg_max] and an interval [t_min, t_max]. The guided target v_g comes
 from the model's own v head (no gradient; only the rows it needs); the JVP of u along (dz, dt, dr) = (v_c, 1, 0)
 gives du/dt (only where r < t) and V = u + (t - r) sg(du/dt). Loss per image: |V - v_g|^2 and |v - v_g|^2,
-each divided by sg(L + 0.01).
+each divided by sg(L + 0.01). With ``tangent="sample"`` (MeanFlow's form) the JVP's dz is the path's own
+e - x and the network may have no v head: the v term is then dropped and v_c, v_u come from u at h = 0.
 
 Every random draw is a function of (seed, step, position in the global batch) (:mod:`rng`), including
 the two batch-level rules (the flow-matching half and the class dropout of the first n images), so one
@@ -27,6 +28,7 @@ from .flow import logit_normal
 # stream ids of the pMF draws (rng's own: 1-5; time and noise reuse rng.STREAM_TIME / STREAM_NOISE)
 STREAM_R, STREAM_T_MIN, STREAM_T_MAX, STREAM_OMEGA, STREAM_CLASS_DROP, STREAM_TR_UNIFORM = 11, 12, 13, 14, 15, 16
 PMF_STREAMS = (STREAM_R, STREAM_T_MIN, STREAM_T_MAX, STREAM_OMEGA, STREAM_CLASS_DROP, STREAM_TR_UNIFORM)
+TANGENTS = ("v-head", "sample")
 
 # an extra loss term: (x_hat, x) -> per-image loss (B,), e.g. LPIPS from local weights
 PerceptualLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -82,8 +84,11 @@ class PMFObjective:
     t_clip: float = 0.05
     perceptual: Sequence[tuple[float, PerceptualLoss]] = field(default_factory=tuple)  # (weight, loss)
     perceptual_max_t: float = 1.0
+    tangent: str = "v-head"  # the JVP's dz: the v head's v_c, or "sample": MeanFlow's e - x (no v head needed)
 
     def __post_init__(self):
+        if self.tangent not in TANGENTS:
+            raise ValueError(f"pMF objective: tangent must be one of {TANGENTS}, got {self.tangent!r}")
         for name in ("data_proportion", "class_dropout_prob", "tr_uniform"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"pMF objective: {name} must lie in [0, 1], got {getattr(self, name)}")
@@ -126,26 +131,27 @@ class PMFObjective:
 
     @torch.no_grad()
     def guided_velocities(self, model, z, t, labels, draws: MeanFlowDraws, null_label: int, cond_rows=None):
-        """(w, v_c, v_u) from the v head at h = 0 with the interval input [0, 1]: w = omega inside [t_min,
-        t_max] and 1 outside, v_c at (y, w) for ``cond_rows`` (default: every image), v_u at (null, 1) only
-        for the images whose target uses it (w != 1 and the class is kept: elsewhere (1 - 1/w) = 0 or
-        dropout replaces the target by v_t); rows not computed are 0. One forward of the rows
+        """(w, v_c, v_u) from the v head (u at h = 0 without one) with the interval input [0, 1]: w = omega
+        inside [t_min, t_max] and 1 outside, v_c at (y, w) for ``cond_rows`` (default: every image), v_u at
+        (null, 1) only for the images whose target uses it (w != 1 and the class is kept: elsewhere (1 - 1/w)
+        = 0 or dropout replaces the target by v_t); rows not computed are 0. One forward of the rows
         needed; a compiled network, which wants fixed shapes, gets all 2B."""
         B = z.shape[0]
-        inside = draws.flow_matching | ((t >= draws.t_min) & (t <= draws.t_max))
-        w = torch.where(inside, draws.omega, torch.ones_like(draws.omega))
+        w = guidance_weight(t, draws)
         every = torch.arange(B, device=z.device)
         cond, uncond = every, every
         if not fixed_shapes(model):
             cond = every if cond_rows is None else cond_rows.nonzero()[:, 0]
-            uncond = (inside & ~draws.dropped & (w != 1)).nonzero()[:, 0]
+            uncond = ((w != 1) & ~draws.dropped).nonzero()[:, 0]
         n = len(cond) + len(uncond)
         v_c, v_u = torch.zeros_like(z), torch.zeros_like(z)
         if n:
             ones, zeros = torch.ones(n, dtype=t.dtype, device=t.device), torch.zeros(n, dtype=t.dtype, device=t.device)
             pick = lambda a, b: torch.cat([a[cond], b[uncond]])  # noqa: E731
-            _, v_all = model(pick(z, z), pick(t, t), zeros, pick(w, torch.ones_like(w)), zeros, ones,
-                             pick(labels, torch.full_like(labels, null_label)), heads="v")  # fmt: skip
+            head = "v" if has_v_head(model) else "u"  # u(z, t, t) is the velocity too
+            outputs = model(pick(z, z), pick(t, t), zeros, pick(w, torch.ones_like(w)), zeros, ones,
+                            pick(labels, torch.full_like(labels, null_label)), heads=head)  # fmt: skip
+            v_all = outputs[1] if head == "v" else outputs[0]
             v_c_rows, v_u_rows = v_all.to(z.dtype).split([len(cond), len(uncond)])
             v_c, v_u = v_c.index_copy(0, cond, v_c_rows), v_u.index_copy(0, uncond, v_u_rows)
         return w, v_c, v_u
@@ -170,18 +176,28 @@ class PMFObjective:
         z = (1 - t.view(shape)) * x + t.view(shape) * e
         v_t = (z - x) / t.clamp(self.t_clip, 1.0).view(shape)
         # the r = t images need no JVP ((t - r) du/dt = 0) and, where their class is kept, take v_c from the
-        # v the network computes for them below (the same inputs: h = 0, w = omega, interval [0, 1], y)
-        fixed, fm = fixed_shapes(model), draws.flow_matching
-        w, v_c, v_u = self.guided_velocities(model, z, t, labels, draws, null_label, None if fixed else ~fm)
+        # velocity the network computes for them below (same inputs: h = 0, w = omega, interval [0, 1], y)
+        fixed, fm, sample = fixed_shapes(model), draws.flow_matching, self.tangent == "sample"
+        if not sample and not has_v_head(model):
+            raise ValueError("the pMF objective's v-head tangent needs a network with a v head; use tangent 'sample'")
+        cond_rows = ~fm
+        if sample:  # v_c only where the guided target uses it: w != 1 and the class kept
+            cond_rows = cond_rows & (guidance_weight(t, draws) != 1) & ~draws.dropped
+        w, v_c, v_u = self.guided_velocities(model, z, t, labels, draws, null_label, None if fixed else cond_rows)
         kept = torch.where(draws.dropped, torch.full_like(labels, null_label), labels)
-        u, v, du_dt = model(z, t, t - r, draws.omega, draws.t_min, draws.t_max, kept, jvp_tangent=v_c, jvp_rows=~fm)
+        tangent = (e - x) if sample else v_c  # dz/dt of the path, or the network's own velocity
+        u, v, du_dt = model(z, t, t - r, draws.omega, draws.t_min, draws.t_max, kept, jvp_tangent=tangent,
+                            jvp_rows=~fm)  # fmt: skip
         if not fixed:
-            v_c = torch.where((fm & ~draws.dropped).view(shape), v.detach().to(v_c.dtype), v_c)
+            instant = (u if v is None else v).detach().to(v_c.dtype)  # at h = 0 u is the velocity too
+            v_c = torch.where((fm & ~draws.dropped).view(shape), instant, v_c)
         labels, v_g = drop_classes(labels, guided(v_t, w, v_c, v_u), v_t, draws.dropped, null_label)
         V = u + (t - r).view(shape) * du_dt  # du_dt carries no gradient
-        terms = {"u": (V - v_g).square().sum(dim=(1, 2, 3)), "v": (v - v_g).square().sum(dim=(1, 2, 3))}
+        terms = {"u": (V - v_g).square().sum(dim=(1, 2, 3))}
         total = adaptive_weighted(terms["u"], self.norm_eps, self.norm_p)
-        total = total + adaptive_weighted(terms["v"], self.norm_eps, self.norm_p)
+        if v is not None:  # the v head's own loss
+            terms["v"] = (v - v_g).square().sum(dim=(1, 2, 3))
+            total = total + adaptive_weighted(terms["v"], self.norm_eps, self.norm_p)
         if self.perceptual:
             x_hat = z - t.view(shape) * u  # the one-step image, compared with x where t < perceptual_max_t
             near = (t < self.perceptual_max_t).nonzero()[:, 0]  # only those images go through the feature nets
@@ -200,6 +216,12 @@ class PMFObjective:
         return self.per_sample_losses(model, x, labels, draws, null_label)["loss"].mean()
 
 
+def guidance_weight(t: torch.Tensor, draws: MeanFlowDraws) -> torch.Tensor:
+    """w (B,): omega where t lies in the image's interval [t_min, t_max] (always for flow matching), else 1."""
+    inside = draws.flow_matching | ((t >= draws.t_min) & (t <= draws.t_max))
+    return torch.where(inside, draws.omega, torch.ones_like(draws.omega))
+
+
 def guided(v_t: torch.Tensor, w: torch.Tensor, v_c: torch.Tensor, v_u: torch.Tensor) -> torch.Tensor:
     """The guided target v_t + (1 - 1/w)(v_c - v_u); w (B,)."""
     return v_t + (1 - 1 / w).view(-1, 1, 1, 1) * (v_c - v_u)
@@ -209,13 +231,20 @@ def fixed_shapes(model) -> bool:
     """Whether ``model`` (through torch.compile and DDP wrappers) wants the same calls every step: compiled
     for fixed shapes (``compile_model``) or sharded per block with FSDP2 (every rank must then run the same
     sequence of block forwards, whatever its images). The objective then keeps its batch sizes fixed."""
-    inner = getattr(model, "_orig_mod", model)
-    inner = getattr(inner, "module", inner)
-    return getattr(inner, "jvp_transform", None) in ("func", "separate")
+    return getattr(unwrap(model), "jvp_transform", None) in ("func", "separate")
+
+
+def unwrap(model):
+    """The network inside torch.compile and DDP wrappers."""
+    inner = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    return getattr(inner, "module", inner)  # DDP wrapper
+
+
+def has_v_head(model) -> bool:
+    """Whether a network (through wrappers) has the v head; one without the attribute is taken to have it."""
+    return bool(getattr(unwrap(model), "has_v_head", True))
 
 
 def num_classes(model) -> int:
     """``num_classes`` of a network, through torch.compile and DDP wrappers."""
-    inner = getattr(model, "_orig_mod", model)  # torch.compile wrapper
-    inner = getattr(inner, "module", inner)  # DDP wrapper
-    return int(inner.num_classes)
+    return int(unwrap(model).num_classes)

@@ -140,7 +140,8 @@ class PMF(nn.Module):
         cos, sin = rope_tables_2d(H // config.num_heads, config.grid_size, config.num_prefix)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        # "forward_ad", "func" (torch.func.jvp: what a compiled forward traces) or "separate" (FSDP2 per block)
+        # "forward_ad", "func" (torch.func.jvp: what a compiled forward traces), "separate" (FSDP2 per block)
+        # or "difference" (central differences, fp32: two plain forwards of the rows that need du/dt)
         self.jvp_transform = "forward_ad"
         self.initialize_weights()
 
@@ -236,6 +237,9 @@ class PMF(nn.Module):
         ``jvp_rows`` (B,) bool: du/dt is needed only there (0 elsewhere), see :meth:`jvp_on_rows`."""
         if jvp_tangent is not None and jvp_rows is not None and self.jvp_transform == "forward_ad":
             return self.jvp_on_rows(z, t, h, omega, t_min, t_max, y, jvp_tangent, jvp_rows)
+        if jvp_tangent is not None and self.jvp_transform == "difference":
+            u, v = self.forward(z, t, h, omega, t_min, t_max, y)
+            return u, v, self.difference_du_dt(z, t, h, omega, t_min, t_max, y, jvp_tangent, jvp_rows)
         if jvp_tangent is not None:
             return self.forward_with_jvp(z, t, h, omega, t_min, t_max, y, jvp_tangent)
         heads = ("uv" if self.has_v_head else "u") if heads is None else heads
@@ -292,6 +296,24 @@ class PMF(nn.Module):
             du_dt = fwAD.unpack_dual(self.velocity(z_dual, self.head(tokens, "u"), t_dual)).tangent
         u, v = self.forward(z, t, h, omega, t_min, t_max, y)
         return u, v, du_dt
+
+    @torch.no_grad()
+    def difference_du_dt(self, z, t, h, omega, t_min, t_max, y, tangent_z, rows=None, eps: float = 1e-3):
+        """du/dt along (dz, dt, dh) = (tangent_z, 1, 1) by central differences in fp32, on ``rows`` (B,) bool
+        only (0 elsewhere; default all): (u(z + eps dz, t + eps, h + eps) - u(z - eps dz, ...)) / (2 eps),
+        error O(eps^2) + O(float rounding / eps), about 1e-4 relative. No gradient."""
+        picked = torch.arange(len(z), device=z.device) if rows is None else rows.nonzero()[:, 0]
+        du_dt = torch.zeros_like(z, dtype=torch.promote_types(z.dtype, torch.float32))
+        if not len(picked):
+            return du_dt
+        step = lambda a, d: torch.cat([a[picked] + eps * d, a[picked] - eps * d])  # noqa: E731
+        twice = lambda a: torch.cat([a[picked], a[picked]])  # noqa: E731
+        with torch.autocast(z.device.type, enabled=False):
+            z_pm = step(at_least_fp32(z), at_least_fp32(tangent_z[picked]))
+            u, _ = self.forward(z_pm, step(t, 1.0), step(h, 1.0), twice(omega), twice(t_min), twice(t_max), twice(y),
+                                heads="u")  # fmt: skip
+        plus, minus = u.chunk(2)
+        return du_dt.index_copy(0, picked, ((plus - minus) / (2 * eps)).to(du_dt.dtype))
 
     def _func_jvp(self, z, t, h, omega, t_min, t_max, y, tangent_z):
         """:meth:`forward_with_jvp` through ``torch.func.jvp`` (what ``compile_model`` uses); same values."""

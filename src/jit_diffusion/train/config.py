@@ -98,6 +98,8 @@ class TrainConfig:
     cfg_max: float = 7.0  # omega ~ 1/omega on [1, 1 + cfg_max]
     fm_fraction: float = 0.5  # share of the global batch with r = t
     tr_uniform: float = 0.0  # share of images with t, r ~ U(0, 1) instead of logit-normal (H/16 recipe: 0.1)
+    jvp_tangent: str = "v-head"  # or "sample": MeanFlow's e - x, and a network without the v head
+    jvp_method: str = "autodiff"  # forward-mode AD, or "difference": central differences (cheaper on a CPU)
     lpips_weights: str | None = None  # local file(s) of the LPIPS term (:mod:`.perceptual`); None = off
     lpips_loss_weight: float = 0.4
     convnext_weights: str | None = None  # local file of the ConvNeXt term; None = off
@@ -122,9 +124,10 @@ class TrainConfig:
                 return PMFObjective(p_mean=self.p_mean, p_std=self.p_std, cfg_max=self.cfg_max,
                                     noise_scale=self.noise_scale, data_proportion=self.fm_fraction,
                                     class_dropout_prob=self.label_drop, t_clip=self.t_eps,
-                                    tr_uniform=self.tr_uniform, perceptual_max_t=self.perceptual_max_t)  # fmt: skip
+                                    tr_uniform=self.tr_uniform, perceptual_max_t=self.perceptual_max_t,
+                                    tangent=self.jvp_tangent)  # fmt: skip
             except ValueError as err:
-                flags = "--cfg-max/--fm-fraction/--tr-uniform/--label-drop/--p-std/--noise-scale"
+                flags = "--cfg-max/--fm-fraction/--tr-uniform/--label-drop/--p-std/--noise-scale/--jvp-tangent"
                 raise UserError(f"{flags}: {err}") from None
         return FlowMatching(
             prediction=self.prediction, loss=self.loss, p_mean=self.p_mean, p_std=self.p_std, t_eps=self.t_eps,
@@ -137,8 +140,9 @@ TRAJECTORY_FIELDS = {
     "model", "img_size", "bottleneck_dim", "attn_drop", "proj_drop", "data", "data_split", "prediction",
     "loss", "p_mean", "p_std", "noise_scale", "t_eps", "label_drop", "batch_size", "lr", "blr", "min_lr",
     "schedule", "warmup_epochs", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "ema_decays",
-    "seed", "cfg_max", "fm_fraction", "tr_uniform", "lpips_loss_weight", "convnext_loss_weight", "perceptual_max_t",
-    "optimizer", "ema_half_lives", "freeze", "lora_rank", "lora_alpha", "lora_targets",
+    "seed", "cfg_max", "fm_fraction", "tr_uniform", "jvp_tangent", "jvp_method", "lpips_loss_weight",
+    "convnext_loss_weight", "perceptual_max_t", "optimizer", "ema_half_lives", "freeze", "lora_rank", "lora_alpha",
+    "lora_targets",
 }  # fmt: skip
 
 
@@ -179,7 +183,7 @@ def model_config(cfg: TrainConfig, num_classes: int) -> JiTConfig | PMFConfig:
     """The preset's config with the run's overrides; errors name the flag."""
     overrides = dict(num_classes=num_classes, attn_drop=cfg.attn_drop, proj_drop=cfg.proj_drop)
     if cfg.family == "pmf":  # no dropout; at least one class (the check of the data comes later)
-        overrides = dict(num_classes=max(1, num_classes))
+        overrides = dict(num_classes=max(1, num_classes), v_head=cfg.jvp_tangent != "sample")
     if cfg.img_size is not None:
         overrides["input_size"] = cfg.img_size
     if cfg.bottleneck_dim is not None:
@@ -286,8 +290,11 @@ def validate_family(cfg: TrainConfig, world_size: int) -> None:
             raise UserError("--ema-half-lives with --cuda-graph: a captured step keeps fixed EMA decays; use --ema")
         if cfg.optimizer == "muon":
             raise UserError("--optimizer muon is for pMF models (--model pMF-...); JiT trains with adamw")
-        if cfg.tr_uniform or cfg.lpips_weights or cfg.convnext_weights:
-            raise UserError("--tr-uniform/--lpips-weights/--convnext-weights are for pMF models (--model pMF-...)")
+        pmf_only = (cfg.tr_uniform, cfg.lpips_weights, cfg.convnext_weights,
+                    cfg.jvp_tangent != TrainConfig.jvp_tangent, cfg.jvp_method != TrainConfig.jvp_method)  # fmt: skip
+        if any(pmf_only):
+            raise UserError("--tr-uniform/--lpips-weights/--convnext-weights/--jvp-tangent/--jvp-method are "
+                            "for pMF models (--model pMF-...)")
         return
     jit_only = {  # flag -> why not, when given
         "--prediction/--loss": (cfg.prediction != _OBJECTIVE.prediction or cfg.loss != _OBJECTIVE.loss,
@@ -297,10 +304,14 @@ def validate_family(cfg: TrainConfig, world_size: int) -> None:
         "--compile with --fsdp": (bool(cfg.compile and cfg.fsdp), "the compiled JVP graph is not traced through "
                                   "FSDP2's hooks"),
         "--grad-checkpointing": (cfg.grad_checkpointing, "not with the forward-mode JVP"),
+        "--jvp-method difference with --compile/--fsdp": (cfg.jvp_method == "difference" and bool(cfg.compile or
+                                                           cfg.fsdp), "those trace or shard the forward-mode JVP"),
     }  # fmt: skip
     for flag, (given, why) in jit_only.items():
         if given:
             raise UserError(f"{flag} is not available for pMF models ({cfg.model}): {why}")
+    if cfg.jvp_method not in ("autodiff", "difference"):
+        raise UserError(f"--jvp-method must be autodiff or difference, got {cfg.jvp_method!r}")
     cfg.objective()  # the objective's own range checks, named by flag
     if not 0 < cfg.perceptual_max_t <= 1 or min(cfg.lpips_loss_weight, cfg.convnext_loss_weight) < 0:
         raise UserError(f"--perceptual-max-t must lie in (0, 1] and the perceptual loss weights be >= 0, got "

@@ -24,7 +24,7 @@ from ..formats.checkpoint import weights_digest
 from ..formats.loading import Source, open_source
 from ..models.config import parse_model_config, preset_name
 from .config import TrainConfig, model_config, with_family_defaults
-from .pmf_init import check_pmf_architecture, resize_pos_embed, with_v_head
+from .pmf_init import check_pmf_architecture, fit_v_head, resize_pos_embed
 
 # what must equal the source's (the image size, the classes and dropout may change)
 ARCH_FIELDS = ("patch_size", "in_channels", "hidden_size", "depth", "num_heads", "mlp_ratio", "bottleneck_dim",
@@ -127,7 +127,7 @@ def init_weights(model: nn.Module, cfg: TrainConfig, class_names: list[str]) -> 
     state = {k: v.detach().clone() for k, v in loaded.state_dict().items()}
     check_architecture(info.model_config, dataclasses.asdict(model.config), cfg.init_from, source.family)
     digest = weights_digest(state)
-    v_head_from_u = source.family == "pmf" and with_v_head(state)
+    v_head_from_u = source.family == "pmf" and fit_v_head(state, model.has_v_head)
     rows = class_rows(class_names, list(info.class_names), cfg.class_map)
     state[LABEL_TABLE] = label_table(state[LABEL_TABLE], rows, len(class_names))
     fresh = model.state_dict()

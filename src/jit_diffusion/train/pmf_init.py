@@ -6,6 +6,7 @@
   (as ViT fine-tuning at another resolution does); the RoPE tables are rebuilt by the new model.
 - A source without the v head (a released inference checkpoint) gets it from its u head: at h = 0 the
   average velocity u is the instantaneous velocity v, so the copy starts the v head at the right function.
+  A run without a v head (``--jvp-tangent sample``) leaves the source's out.
 """
 
 from __future__ import annotations
@@ -43,6 +44,16 @@ def resize_pos_embed(table: torch.Tensor, num_prefix: int, grid: int) -> torch.T
     image = patches.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()  # (1, H, g, g)
     resized = F.interpolate(image, size=(grid, grid), mode="bicubic", align_corners=False)
     return torch.cat([prefix, resized.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(table.dtype)], dim=1)
+
+
+def fit_v_head(state: dict[str, torch.Tensor], wanted: bool) -> bool:
+    """Make ``state`` (in place) match a network with (``wanted``) or without a v head: a missing one is
+    copied from the u head (see :func:`with_v_head`), an unwanted one dropped; whether one was copied."""
+    if wanted:
+        return with_v_head(state)
+    for key in [k for k in state if k.startswith(tuple(V_HEAD.values()))]:
+        del state[key]
+    return False
 
 
 def with_v_head(state: dict[str, torch.Tensor]) -> bool:
