@@ -4,6 +4,8 @@
     python benchmarks/bench_train.py --model JiT-B/16 --batch-size 128 --compile model --cuda-graph   # fast path
     python benchmarks/bench_train.py --model JiT-Ti/4 --batch-size 64 --device cpu --profile 2       # CPU
     python benchmarks/bench_train.py --model pMF-Ti/4 --batch-size 32 --device cpu --threads 1       # pMF step
+    python benchmarks/bench_train.py --model pMF-Ti/8 --img-size 32 --batch-size 32 --device cpu --threads 1 \
+        --optimizer adamw --fm-fraction 0.5 --cfg-max 0 --label-drop 0 --jvp-tangent sample --jvp-method difference
 
 A pMF model (--model pMF-...) runs the pMF objective (v-head target, forward-mode JVP, u and v losses) with
 its recipe's optimizer (Muon + Nesterov Adam, or --optimizer adamw) and EDM EMAs; compare it with the JiT
@@ -54,6 +56,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: datasheet bf16)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
     p.add_argument("--optimizer", default=None, choices=("adamw", "muon"), help="default: the family's")
+    p.add_argument("--fm-fraction", type=float, default=None, help="pMF: share of the batch with r = t")
+    p.add_argument("--cfg-max", type=float, default=None, help="pMF: guidance range (0 = no guidance)")
+    p.add_argument("--label-drop", type=float, default=None, help="pMF: class dropout")
+    p.add_argument("--jvp-tangent", default=None, choices=("v-head", "sample"), help="pMF: the JVP's dz")
+    p.add_argument("--jvp-method", default=None, choices=("autodiff", "difference"), help="pMF: how du/dt is computed")
     return p.parse_args()
 
 
@@ -64,8 +71,9 @@ def build_step(args: argparse.Namespace):
                  warmup_steps=0, device=args.device, precision=args.precision, compile=False,
                  cuda_graph=args.cuda_graph, grad_checkpointing=args.grad_checkpointing, sample_every=0,
                  out="/tmp/jit-bench-unused")  # fmt: skip
-    if args.optimizer:
-        given["optimizer"] = args.optimizer
+    for name in ("optimizer", "fm_fraction", "cfg_max", "label_drop", "jvp_tangent", "jvp_method"):
+        if getattr(args, name) is not None:
+            given[name] = getattr(args, name)
     cfg = TrainConfig(**with_family_defaults(given))  # pMF: its objective, optimizer and EMAs
     size = model_config(cfg, args.num_classes).input_size
     data = SyntheticDataset(args.batch_size, size, args.num_classes)
