@@ -29,8 +29,9 @@ from common import SyntheticDataset, device_name, echo_command, timed
 from profile_buckets import EMA_LABEL, RNG_LABEL, bucket_trace, format_table, labelled, profile_steps
 
 from jit_diffusion.core import kernels
+from jit_diffusion.diffusion.meanflow import TANGENTS
 from jit_diffusion.models.flops import forward_macs, peak_tflops, train_flops_per_image
-from jit_diffusion.train.config import with_family_defaults
+from jit_diffusion.train.config import JVP_METHODS, with_family_defaults
 from jit_diffusion.train.trainer import TrainConfig, Trainer, model_config
 
 
@@ -59,8 +60,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--fm-fraction", type=float, default=None, help="pMF: share of the batch with r = t")
     p.add_argument("--cfg-max", type=float, default=None, help="pMF: guidance range (0 = no guidance)")
     p.add_argument("--label-drop", type=float, default=None, help="pMF: class dropout")
-    p.add_argument("--jvp-tangent", default=None, choices=("v-head", "sample"), help="pMF: the JVP's dz")
-    p.add_argument("--jvp-method", default=None, choices=("autodiff", "difference"), help="pMF: how du/dt is computed")
+    p.add_argument("--jvp-tangent", default=None, choices=TANGENTS, help="pMF: the JVP's dz")
+    p.add_argument("--jvp-method", default=None, choices=JVP_METHODS, help="pMF: how du/dt is computed")
     return p.parse_args()
 
 

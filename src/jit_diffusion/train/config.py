@@ -23,6 +23,7 @@ from ..models.pmf_config import PMF_DEFAULTS, PMFConfig, pmf_preset_config
 from .signals import DEFAULT_SIGNALS, parse_signals
 
 _OBJECTIVE = FlowMatching()  # the objective's defaults are the run's defaults
+JVP_METHODS = ("autodiff", "difference")  # TrainConfig.jvp_method: forward-mode AD or central differences
 
 
 @dataclass
@@ -310,7 +311,7 @@ def validate_family(cfg: TrainConfig, world_size: int) -> None:
     for flag, (given, why) in jit_only.items():
         if given:
             raise UserError(f"{flag} is not available for pMF models ({cfg.model}): {why}")
-    if cfg.jvp_method not in ("autodiff", "difference"):
+    if cfg.jvp_method not in JVP_METHODS:
         raise UserError(f"--jvp-method must be autodiff or difference, got {cfg.jvp_method!r}")
     cfg.objective()  # the objective's own range checks, named by flag
     if not 0 < cfg.perceptual_max_t <= 1 or min(cfg.lpips_loss_weight, cfg.convnext_loss_weight) < 0:
