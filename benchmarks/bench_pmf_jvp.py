@@ -27,6 +27,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast, as training on CUDA")
     return p.parse_args()
 
 
@@ -49,16 +50,21 @@ def main() -> None:
 
     def step(route: str):
         model.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, torch.bfloat16, enabled=args.precision == "bf16"):
+            loss = forward(route)
+        loss.backward()
+
+    def forward(route: str) -> torch.Tensor:
         if route == "no-jvp":
             u, v = model(z, t, h, omega, t_min, t_max, y)
         else:
             model.set_jvp_mode(route)
             u, v, du_dt = model(z, t, h, omega, t_min, t_max, y, jvp_tangent=tangent)
             u = u + h.view(-1, 1, 1, 1) * du_dt
-        (u.square().mean() + v.square().mean()).backward()
+        return u.float().square().mean() + v.float().square().mean()
 
     print(f"{args.model} at {size} px ({model.grid_size**2 + model.num_prefix} tokens), batch {B}, "
-          f"{model.num_params() / 1e6:.1f}M params, {device_name(device)}")  # fmt: skip
+          f"{model.num_params() / 1e6:.1f}M params, {args.precision}, {device_name(device)}")  # fmt: skip
     routes = ("no-jvp", "function", "math")
     times: dict[str, list[float]] = {route: [] for route in routes}
     for route in routes:

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Everything issue 12 asks of a GPU, in one prepared run of at most 8 minutes (BUDGET_S, default 470 s):
+# Everything issues 12 and 21 ask of a GPU, in one prepared run of at most 9 minutes (BUDGET_S, default 540 s):
 #   1. the Triton kernels and the CUDA-graph step against the PyTorch reference (pytest, on the GPU);
-#   2. the fast path's numerics (check_fast_path: whole-model compile, kernels, bf16 residual stream);
-#   3. training JiT-B/16 256 px batch 128 bf16, before (per-block compile, PyTorch ops, no graph) and
+#   2. a pMF-B/16 training step (pMF objective, JVP, Muon, EDM EMAs; eager), the cheap pMF step of the
+#      README recipe (sample tangent, central differences, AdamW), and the JiT-B/16 step of the same batch
+#      and precision, also eager (pMF runs without compile); then the attention JVP routes (function vs math);
+#   3. the fast path's numerics (check_fast_path: whole-model compile, kernels, bf16 residual stream);
+#   4. training JiT-B/16 256 px batch 128 bf16, before (per-block compile, PyTorch ops, no graph) and
 #      after (whole-model compile, Triton kernels, CUDA graph), each with its per-bucket profile;
-#   4. Heun-50 CFG 2.9 sampling at batch 128 (static shapes), then 256/512/128 (one dynamic-batch graph);
-#   5. the CLI as users run it: `jit eval` of 1,024 images of a random-weight export, timed end to end
+#   5. Heun-50 CFG 2.9 sampling at batch 128 (static shapes);
+#   6. the CLI as users run it: `jit eval` of 1,024 images of a random-weight export, timed end to end
 #      (compile included; --metrics none, so it is generation only);
-#   6. if time is left, the fast training path with the PyTorch ops instead of the Triton kernels;
-#   7. if time is left, a pMF-B/16 training step (pMF objective, JVP, Muon, EDM EMAs; eager) against the
-#      JiT-B/16 step of the same batch and precision, also eager (pMF runs without compile);
-#   8. if time is left, fine-tuning memory: full vs LoRA vs frozen trunk, +- gradient checkpointing, B/16 and L/16.
+#   7. if time is left: sampling at 256/512/128 (one dynamic-batch graph), the fast training path with the
+#      PyTorch ops instead of the Triton kernels, and fine-tuning memory (full vs LoRA vs frozen trunk,
+#      +- gradient checkpointing, B/16 and L/16).
 # Each step is cut at its own limit and at the overall budget, so the script always ends in time.
 # Logs (one file per step), traces and summary.txt go to ${OUT:-/tmp/jit-gpu}.
 #   bash benchmarks/gpu_session.sh
@@ -22,7 +24,7 @@ mkdir -p "$out"
 export PYTHONPATH="$(cd .. && pwd)/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 PY=${PY:-python}
 start=$(date +%s)
-budget=${BUDGET_S:-470}
+budget=${BUDGET_S:-540}
 
 step() {  # step NAME MAX_SECONDS COMMAND...: run with a limit that never passes the budget
   local name=$1 limit=$2 t0 left rc
@@ -50,13 +52,21 @@ if [[ ${SMOKE:-0} == 1 ]]; then
   SAMPLE=(--steps 3) BATCHES=(8 8,16) COMPILE=none EXPORT=JiT-Ti/4 EVAL=(--num 16 --steps 3 --device cpu)
   PMF=(--model pMF-Ti/4 --img-size 16 --device cpu) JIT_SAME=(--model JiT-Ti/4 --img-size 16 --device cpu)
   FINETUNE=(--models JiT-Ti/4 --img-size 16 --batch-size 4 --device cpu --steps 1)
+  JVP=(--model pMF-Ti/4 --image-size 16 --batch-size 4 --device cpu --iters 1)
 else
   MODEL=(--model JiT-B/16) TRAIN=(--batch-size 128 --steps 20 --warmup 5 --profile 3) SAMPLE=()
   BATCHES=(128 256,512,128) COMPILE=model EXPORT=JiT-B/16 EVAL=(--num 1024 --steps 50)
   PMF=(--model pMF-B/16) JIT_SAME=(--model JiT-B/16) FINETUNE=(--preset gpu)
+  JVP=(--model pMF-B/16 --batch-size 64 --device cuda --iters 5)
 fi
-step tests 100 $PY -m pytest -p no:cacheprovider -m "not slow" ../tests/models/test_fast_path.py \
+CHEAP=(--optimizer adamw --jvp-tangent sample --jvp-method difference --fm-fraction 0.5 --cfg-max 0 --label-drop 0)
+step tests 90 $PY -m pytest -p no:cacheprovider -m "not slow" ../tests/models/test_fast_path.py \
   ../tests/core/test_rng.py ../tests/train/test_graphed_step.py
+step train_pmf 100 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" --profile 0 --kernels off --label pmf
+step train_pmf_cheap 80 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" "${CHEAP[@]}" --profile 0 --kernels off \
+  --label pmf-cheap
+step train_jit_eager 80 $PY bench_train.py "${JIT_SAME[@]}" "${TRAIN[@]}" --profile 0 --kernels off --label jit-eager
+step pmf_jvp 60 $PY bench_pmf_jvp.py "${JVP[@]}" --precision bf16
 step fast_path 130 $PY check_fast_path.py "${MODEL[@]}" --compile $COMPILE
 step train_before 120 $PY bench_train.py "${MODEL[@]}" "${TRAIN[@]}" --compile blocks --kernels off \
   --trace-dir "$out/traces" --label before
@@ -64,20 +74,18 @@ step train_after 170 $PY bench_train.py "${MODEL[@]}" "${TRAIN[@]}" --compile $C
   --trace-dir "$out/traces" --label after
 step sample_128 120 $PY bench_sample.py "${MODEL[@]}" "${SAMPLE[@]}" --batch-sizes "${BATCHES[0]}" --cfg 2.9 \
   --compile $COMPILE --repeats 2
-step sample_batches 150 $PY bench_sample.py "${MODEL[@]}" "${SAMPLE[@]}" --batch-sizes "${BATCHES[1]}" --cfg 2.9 \
-  --compile $COMPILE --dynamic-batch --repeats 1
 $PY -c "import sys; from jit_diffusion import create_model; from jit_diffusion.models.pretrained import save_pretrained
 save_pretrained(create_model(sys.argv[1], num_classes=1000), sys.argv[2], overwrite=True)" "$EXPORT" "$out/export" \
   >"$out/export.txt" 2>&1
 step eval_cli 150 bash -c 'TIMEFORMAT="eval_cli: %R s end to end"; time "$@"' _ $PY -m jit_diffusion.cli eval \
   "$out/export" "${EVAL[@]}" --cfg 2.9 --batch-size 128 --metrics none --out "$out/eval"
-# last, if time is left: the fast path without the Triton kernels (what the fused kernels add under compile)
+# last, if time is left
+step sample_batches 150 $PY bench_sample.py "${MODEL[@]}" "${SAMPLE[@]}" --batch-sizes "${BATCHES[1]}" --cfg 2.9 \
+  --compile $COMPILE --dynamic-batch --repeats 1
 step train_after_no_kernels 150 $PY bench_train.py "${MODEL[@]}" "${TRAIN[@]}" --compile $COMPILE --cuda-graph \
   --kernels off --trace-dir "$out/traces" --label after-no-kernels
-step train_pmf 150 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" --profile 0 --kernels off --label pmf
-step train_jit_eager 120 $PY bench_train.py "${JIT_SAME[@]}" "${TRAIN[@]}" --profile 0 --kernels off --label jit-eager
 step finetune_memory 150 $PY bench_finetune_memory.py "${FINETUNE[@]}"
-grep -h -E "passed|failed|error|PASS|FAIL|^\| JiT|^train:|^sample:|^eval_cli:|peak memory|^profile|^  [a-z+]+ +[0-9.]+ ms" \
-  "$out"/tests.txt "$out"/fast_path.txt "$out"/train_*.txt "$out"/sample_*.txt "$out"/eval_cli.txt "$out"/finetune_memory.txt 2>/dev/null \
+grep -h -E "passed|failed|error|PASS|FAIL|^\| JiT|^train:|^sample:|^eval_cli:|peak memory|^profile|^  [a-z+-]+ +[0-9.]+ ms|^pMF" \
+  "$out"/tests.txt "$out"/pmf_jvp.txt "$out"/fast_path.txt "$out"/train_*.txt "$out"/sample_*.txt "$out"/eval_cli.txt "$out"/finetune_memory.txt 2>/dev/null \
   | tee "$out/summary.txt"
 echo "total $(($(date +%s) - start)) s" | tee -a "$out/summary.txt"
