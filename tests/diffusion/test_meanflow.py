@@ -288,8 +288,9 @@ def test_without_guidance_no_unconditional_rows_run(model64):
     assert torch.equal(guided(v_t, w, v_c, v_u), v_t)
 
 
-def reference_sample_tangent_loss(model, x, y, d: MeanFlowDraws):
-    """MeanFlow's form written out: no v head, guidance velocities from u at h = 0, JVP tangent e - x."""
+def reference_sample_tangent_loss(model, x, y, d: MeanFlowDraws, tangent: str = "sample"):
+    """MeanFlow's form written out: no v head, guidance velocities from u at h = 0, JVP tangent e - x
+    ("sample") or the conditional velocity v_c from u at h = 0 ("u-head")."""
     null, sh = model.num_classes, (-1, 1, 1, 1)
     t, r, e = d.t.double(), d.r.double(), d.noise.double()
     z = (1 - t.view(sh)) * x + t.view(sh) * e
@@ -303,9 +304,9 @@ def reference_sample_tangent_loss(model, x, y, d: MeanFlowDraws):
     v_g = torch.where(d.dropped.view(sh), v_t, v_t + (1 - 1 / w).view(sh) * (v_c - v_u))
     cond = (d.omega.double(), d.t_min.double(), d.t_max.double(), labels)
     f = lambda zz, tt, rr: model(zz, tt, tt - rr, *cond)[0]  # noqa: E731
-    eps = 1e-6
+    eps, dz = 1e-6, (e - x) if tangent == "sample" else v_c
     with torch.no_grad():
-        du_dt = (f(z + eps * (e - x), t + eps, r) - f(z - eps * (e - x), t - eps, r)) / (2 * eps)
+        du_dt = (f(z + eps * dz, t + eps, r) - f(z - eps * dz, t - eps, r)) / (2 * eps)
     V = model(z, t, t - r, *cond)[0] + (t - r).view(sh) * du_dt
     loss_u = ((V - v_g) ** 2).sum((1, 2, 3))
     return (loss_u / (loss_u.detach() + 0.01)).mean(), loss_u
@@ -319,10 +320,11 @@ def model64_u_only(model64):
     return model
 
 
-def test_sample_tangent_loss_and_gradients_equal_meanflow_written_out(model64_u_only):
-    """tangent "sample" on a network without a v head: the u term only, with MeanFlow's e - x as the JVP's
-    dz and the guidance velocities (and the flow-matching rows' v_c) from u at h = 0."""
-    objective = PMFObjective(class_dropout_prob=0.5, tangent="sample")
+@pytest.mark.parametrize("tangent", ["sample", "u-head"])
+def test_sample_tangent_loss_and_gradients_equal_meanflow_written_out(model64_u_only, tangent):
+    """tangents "sample" and "u-head" on a network without a v head: the u term only, with MeanFlow's e - x
+    (or v_c) as the JVP's dz and the guidance velocities (and the flow-matching rows' v_c) from u at h = 0."""
+    objective = PMFObjective(class_dropout_prob=0.5, tangent=tangent)
     gen = torch.Generator().manual_seed(2)
     x = torch.rand(6, *SHAPE, generator=gen, dtype=torch.float64) * 2 - 1
     y = torch.tensor([0, 1, 2, 3, 1, 2])
@@ -330,7 +332,7 @@ def test_sample_tangent_loss_and_gradients_equal_meanflow_written_out(model64_u_
     assert draws.dropped.any() and not draws.dropped.all() and draws.flow_matching.any()
     model64_u_only.set_jvp_mode("function")
     terms = objective.per_sample_losses(model64_u_only, x, y, draws)
-    expected, loss_u = reference_sample_tangent_loss(model64_u_only, x, y, draws)
+    expected, loss_u = reference_sample_tangent_loss(model64_u_only, x, y, draws, tangent)
     assert set(terms) == {"u", "loss"} and torch.allclose(terms["u"], loss_u, rtol=1e-6)
     grads = torch.autograd.grad(terms["loss"].mean(), list(model64_u_only.parameters()))
     expected_grads = torch.autograd.grad(expected, list(model64_u_only.parameters()))

@@ -67,7 +67,7 @@ def test_family_defaults_only_where_not_given():
     (["--model", "pMF-Q/3"], "--model: unknown pMF preset 'pMF-Q/3'"),
     (["--sample-cfg", "0.5"], "--sample-cfg: the pMF guidance weight omega must be >= 1, got 0.5"),
     (["--jvp-method", "exact"], "--jvp-method must be autodiff or difference, got 'exact'"),
-    (["--jvp-tangent", "model"], "--jvp-tangent: pMF objective: tangent must be one of ('v-head', 'sample')"),
+    (["--jvp-tangent", "model"], "--jvp-tangent: pMF objective: tangent must be one of ('v-head', 'sample', 'u-head')"),
     (["--jvp-method", "difference", "--compile"], "--jvp-method difference with --compile/--fsdp is not available"),
 ])  # fmt: skip
 def test_bad_flags_are_one_line_errors_before_any_work(tmp_path, capsys, flags, needle):

@@ -7,6 +7,8 @@ from the model's own v head (no gradient; only the rows it needs); the JVP of u 
 gives du/dt (only where r < t) and V = u + (t - r) sg(du/dt). Loss per image: |V - v_g|^2 and |v - v_g|^2,
 each divided by sg(L + 0.01). With ``tangent="sample"`` (MeanFlow's form) the JVP's dz is the path's own
 e - x and the network may have no v head: the v term is then dropped and v_c, v_u come from u at h = 0.
+``tangent="u-head"`` keeps the public objective's model velocity as dz, taken from u at h = 0 (which is the
+velocity there), so that it too needs no v head.
 
 Every random draw is a function of (seed, step, position in the global batch) (:mod:`rng`), including
 the two batch-level rules (the flow-matching half and the class dropout of the first n images), so one
@@ -28,7 +30,7 @@ from .flow import logit_normal
 # stream ids of the pMF draws (rng's own: 1-5; time and noise reuse rng.STREAM_TIME / STREAM_NOISE)
 STREAM_R, STREAM_T_MIN, STREAM_T_MAX, STREAM_OMEGA, STREAM_CLASS_DROP, STREAM_TR_UNIFORM = 11, 12, 13, 14, 15, 16
 PMF_STREAMS = (STREAM_R, STREAM_T_MIN, STREAM_T_MAX, STREAM_OMEGA, STREAM_CLASS_DROP, STREAM_TR_UNIFORM)
-TANGENTS = ("v-head", "sample")
+TANGENTS = ("v-head", "sample", "u-head")
 
 # an extra loss term: (x_hat, x) -> per-image loss (B,), e.g. LPIPS from local weights
 PerceptualLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -84,7 +86,8 @@ class PMFObjective:
     t_clip: float = 0.05
     perceptual: Sequence[tuple[float, PerceptualLoss]] = field(default_factory=tuple)  # (weight, loss)
     perceptual_max_t: float = 1.0
-    tangent: str = "v-head"  # the JVP's dz: the v head's v_c, or "sample": MeanFlow's e - x (no v head needed)
+    tangent: str = "v-head"  # the JVP's dz: the v head's v_c, "sample": MeanFlow's e - x, "u-head": v_c from u at
+    # h = 0 (the last two need no v head)
 
     def __post_init__(self):
         if self.tangent not in TANGENTS:
@@ -148,13 +151,18 @@ class PMFObjective:
         if n:
             ones, zeros = torch.ones(n, dtype=t.dtype, device=t.device), torch.zeros(n, dtype=t.dtype, device=t.device)
             pick = lambda a, b: torch.cat([a[cond], b[uncond]])  # noqa: E731
-            head = "v" if has_v_head(model) else "u"  # u(z, t, t) is the velocity too
+            head = self.velocity_head(model)
             outputs = model(pick(z, z), pick(t, t), zeros, pick(w, torch.ones_like(w)), zeros, ones,
                             pick(labels, torch.full_like(labels, null_label)), heads=head)  # fmt: skip
             v_all = outputs[1] if head == "v" else outputs[0]
             v_c_rows, v_u_rows = v_all.to(z.dtype).split([len(cond), len(uncond)])
             v_c, v_u = v_c.index_copy(0, cond, v_c_rows), v_u.index_copy(0, uncond, v_u_rows)
         return w, v_c, v_u
+
+    def velocity_head(self, model) -> str:
+        """The head whose output at h = 0 is taken as the velocity: "v", or "u" (u(z, t, t) is the velocity
+        too) for a network without a v head or with the "u-head" tangent."""
+        return "v" if has_v_head(model) and self.tangent != "u-head" else "u"
 
     def guided_target(self, model, z, t, v_t, labels, draws: MeanFlowDraws, null_label: int):
         """(v_g, v_c): the guided velocity target v_g = v_t + (1 - 1/w)(v_c - v_u) and the conditional
@@ -178,7 +186,7 @@ class PMFObjective:
         # the r = t images need no JVP ((t - r) du/dt = 0) and, where their class is kept, take v_c from the
         # velocity the network computes for them below (same inputs: h = 0, w = omega, interval [0, 1], y)
         fixed, fm, sample = fixed_shapes(model), draws.flow_matching, self.tangent == "sample"
-        if not sample and not has_v_head(model):
+        if self.tangent == "v-head" and not has_v_head(model):
             raise ValueError("the pMF objective's v-head tangent needs a network with a v head; use tangent 'sample'")
         cond_rows = ~fm
         if sample:  # v_c only where the guided target uses it: w != 1 and the class kept
@@ -189,7 +197,7 @@ class PMFObjective:
         u, v, du_dt = model(z, t, t - r, draws.omega, draws.t_min, draws.t_max, kept, jvp_tangent=tangent,
                             jvp_rows=~fm)  # fmt: skip
         if not fixed:
-            instant = (u if v is None else v).detach().to(v_c.dtype)  # at h = 0 u is the velocity too
+            instant = (v if self.velocity_head(model) == "v" else u).detach().to(v_c.dtype)  # h = 0: u is one too
             v_c = torch.where((fm & ~draws.dropped).view(shape), instant, v_c)
         labels, v_g = drop_classes(labels, guided(v_t, w, v_c, v_u), v_t, draws.dropped, null_label)
         V = u + (t - r).view(shape) * du_dt  # du_dt carries no gradient

@@ -99,7 +99,7 @@ class TrainConfig:
     cfg_max: float = 7.0  # omega ~ 1/omega on [1, 1 + cfg_max]
     fm_fraction: float = 0.5  # share of the global batch with r = t
     tr_uniform: float = 0.0  # share of images with t, r ~ U(0, 1) instead of logit-normal (H/16 recipe: 0.1)
-    jvp_tangent: str = "v-head"  # or "sample": MeanFlow's e - x, and a network without the v head
+    jvp_tangent: str = "v-head"  # "sample" (MeanFlow's e - x) and "u-head" build the network without the v head
     jvp_method: str = "autodiff"  # forward-mode AD, or "difference": central differences (cheaper on a CPU)
     lpips_weights: str | None = None  # local file(s) of the LPIPS term (:mod:`.perceptual`); None = off
     lpips_loss_weight: float = 0.4
@@ -184,7 +184,7 @@ def model_config(cfg: TrainConfig, num_classes: int) -> JiTConfig | PMFConfig:
     """The preset's config with the run's overrides; errors name the flag."""
     overrides = dict(num_classes=num_classes, attn_drop=cfg.attn_drop, proj_drop=cfg.proj_drop)
     if cfg.family == "pmf":  # no dropout; at least one class (the check of the data comes later)
-        overrides = dict(num_classes=max(1, num_classes), v_head=cfg.jvp_tangent != "sample")
+        overrides = dict(num_classes=max(1, num_classes), v_head=cfg.jvp_tangent == "v-head")
     if cfg.img_size is not None:
         overrides["input_size"] = cfg.img_size
     if cfg.bottleneck_dim is not None:

@@ -98,7 +98,8 @@ FLAGS = [
     ("--tr-uniform", "tr_uniform", float, "pMF: share of images whose t and r are both drawn from U(0, 1) instead of "
      "the logit-normal (default 0; the public H/16 recipe: 0.1)"),
     ("--jvp-tangent", "jvp_tangent", str, "pMF: the JVP's dz: v-head (default, the public objective: the v head's "
-     "velocity) or sample (MeanFlow's e - x; the network is built without its v head: cheaper steps)"),
+     "velocity), sample (MeanFlow's e - x) or u-head (the model's velocity from u at h = 0); the last two build "
+     "the network without its v head: cheaper steps"),
     ("--jvp-method", "jvp_method", str, "pMF: how du/dt is computed: autodiff (default, forward-mode AD) or "
      "difference (central differences in fp32, about 1e-4 relative error; cheaper on a CPU)"),
     ("--lpips-weights", "lpips_weights", str, "pMF: add the LPIPS term, from LOCAL files: torchvision's vgg16 state "

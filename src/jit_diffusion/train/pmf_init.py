@@ -6,7 +6,7 @@
   (as ViT fine-tuning at another resolution does); the RoPE tables are rebuilt by the new model.
 - A source without the v head (a released inference checkpoint) gets it from its u head: at h = 0 the
   average velocity u is the instantaneous velocity v, so the copy starts the v head at the right function.
-  A run without a v head (``--jvp-tangent sample``) leaves the source's out.
+  A run without a v head (``--jvp-tangent sample`` or ``u-head``) leaves the source's out.
 """
 
 from __future__ import annotations
