@@ -193,6 +193,27 @@ def test_kernels_compile_for_h100_without_a_gpu():
     assert res.returncode == 0 and "compiled" in res.stdout, res.stderr[-3000:]
 
 
+IMPORT_AS_ON_A_GPU = textwrap.dedent("""
+    import os, warnings
+    import torch
+    torch.cuda.is_available = lambda: True  # the import-time path of a GPU machine
+    os.environ["TRITON_INTERPRET"] = "1"
+    warnings.simplefilter("error")
+    from jit_diffusion.core import kernels
+    assert kernels._TRITON_FOUND and kernels._ops is not None
+    print("loaded")
+""")
+
+
+@needs_triton
+def test_kernels_load_at_import_on_a_gpu_machine():
+    """On a machine with CUDA the kernels module imports the Triton ops (and registers their autograd
+    formulas) when it is imported; a failure there turns every kernel off with a warning, so it must not
+    fail for want of a helper defined further down the module."""
+    res = subprocess.run([sys.executable, "-c", IMPORT_AS_ON_A_GPU], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "loaded" in res.stdout, res.stderr[-3000:]
+
+
 def _tiny_model():
     from jit_diffusion import JiT
 

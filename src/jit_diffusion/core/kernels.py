@@ -87,15 +87,6 @@ def triton_ops() -> ModuleType:
     return _ops
 
 
-if _TRITON_FOUND and torch.cuda.is_available():
-    try:
-        triton_ops()  # import now, so that compiled code never traces the import
-    except Exception as err:  # e.g. a Triton too old for the kernels: the PyTorch code still works
-        warnings.warn(f"jit_diffusion: Triton kernels unavailable ({type(err).__name__}: {err}); "
-                      "using the PyTorch reference", stacklevel=1)  # fmt: skip
-        _TRITON_FOUND = False
-
-
 # ------------------------------------------------------------------------------------------------
 # fused qk-RMSNorm + RoPE
 # ------------------------------------------------------------------------------------------------
@@ -144,3 +135,13 @@ def counter_draws(kind: str, seed_key: int, step: int | torch.Tensor, stream: in
     if isinstance(step, torch.Tensor):
         return op(positions, step.reshape(1).to(torch.int64), seed_key, 0, stream, numel)
     return op(positions, None, seed_key, step, stream, numel)
+
+
+# last, once every helper above is defined (triton_ops registers the autograd formulas)
+if _TRITON_FOUND and torch.cuda.is_available():
+    try:
+        triton_ops()  # import now, so that compiled code never traces the import
+    except Exception as err:  # e.g. a Triton too old for the kernels: the PyTorch code still works
+        warnings.warn(f"jit_diffusion: Triton kernels unavailable ({type(err).__name__}: {err}); "
+                      "using the PyTorch reference", stacklevel=1)  # fmt: skip
+        _TRITON_FOUND = False
