@@ -2,7 +2,8 @@
 # Everything issues 12 and 21 ask of a GPU, in one prepared run of at most 9 minutes (BUDGET_S, default 540 s):
 #   1. the Triton kernels and the CUDA-graph step against the PyTorch reference (pytest, on the GPU);
 #   2. a pMF-B/16 training step (pMF objective, JVP, Muon, EDM EMAs; eager), the cheap pMF step of the
-#      README recipe (sample tangent, central differences, AdamW), and the JiT-B/16 step of the same batch
+#      README recipe (sample tangent, central differences, AdamW; and with the forward-mode JVP in bf16,
+#      which should suit a GPU better than fp32 differences), and the JiT-B/16 step of the same batch
 #      and precision, also eager (pMF runs without compile); then the attention JVP routes (function vs math);
 #   3. the fast path's numerics (check_fast_path: whole-model compile, kernels, bf16 residual stream);
 #   4. training JiT-B/16 256 px batch 128 bf16, before (per-block compile, PyTorch ops, no graph) and
@@ -60,11 +61,13 @@ else
   JVP=(--model pMF-B/16 --batch-size 64 --device cuda --iters 5)
 fi
 CHEAP=(--optimizer adamw --jvp-tangent sample --jvp-method difference --fm-fraction 0.5 --cfg-max 0 --label-drop 0)
-step tests 90 $PY -m pytest -p no:cacheprovider -m "not slow" ../tests/models/test_fast_path.py \
+step tests 120 $PY -m pytest -p no:cacheprovider -v -m "not slow" ../tests/models/test_fast_path.py \
   ../tests/core/test_rng.py ../tests/train/test_graphed_step.py
 step train_pmf 100 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" --profile 0 --kernels off --label pmf
 step train_pmf_cheap 80 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" "${CHEAP[@]}" --profile 0 --kernels off \
   --label pmf-cheap
+step train_pmf_sample_ad 80 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" "${CHEAP[@]:0:4}" --fm-fraction 0.5 \
+  --cfg-max 0 --label-drop 0 --profile 0 --kernels off --label pmf-sample-autodiff
 step train_jit_eager 80 $PY bench_train.py "${JIT_SAME[@]}" "${TRAIN[@]}" --profile 0 --kernels off --label jit-eager
 step pmf_jvp 60 $PY bench_pmf_jvp.py "${JVP[@]}" --precision bf16
 step fast_path 130 $PY check_fast_path.py "${MODEL[@]}" --compile $COMPILE
@@ -85,7 +88,8 @@ step sample_batches 150 $PY bench_sample.py "${MODEL[@]}" "${SAMPLE[@]}" --batch
 step train_after_no_kernels 150 $PY bench_train.py "${MODEL[@]}" "${TRAIN[@]}" --compile $COMPILE --cuda-graph \
   --kernels off --trace-dir "$out/traces" --label after-no-kernels
 step finetune_memory 150 $PY bench_finetune_memory.py "${FINETUNE[@]}"
-grep -h -E "passed|failed|error|PASS|FAIL|^\| JiT|^train:|^sample:|^eval_cli:|peak memory|^profile|^  [a-z+-]+ +[0-9.]+ ms|^pMF" \
-  "$out"/tests.txt "$out"/pmf_jvp.txt "$out"/fast_path.txt "$out"/train_*.txt "$out"/sample_*.txt "$out"/eval_cli.txt "$out"/finetune_memory.txt 2>/dev/null \
-  | tee "$out/summary.txt"
+{ tail -n 1 "$out"/tests.txt  # pytest's last line (-v above names the test running when a limit struck)
+  grep -h -E "passed|failed|error|PASS|FAIL|^\| JiT|^train:|^sample:|^eval_cli:|peak memory|^profile|^  [a-z+-]+ +[0-9.]+ ms|^pMF" \
+  "$out"/pmf_jvp.txt "$out"/fast_path.txt "$out"/train_*.txt "$out"/sample_*.txt "$out"/eval_cli.txt "$out"/finetune_memory.txt; } \
+  2>/dev/null | tee "$out/summary.txt"
 echo "total $(($(date +%s) - start)) s" | tee -a "$out/summary.txt"

@@ -98,12 +98,13 @@ def _config(tmp_path, name, **fields) -> TrainConfig:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fields", [{}, dict(jvp_tangent="sample", jvp_method="difference")],
-                         ids=["public", "sample-tangent-differences"])  # fmt: skip
+@pytest.mark.parametrize("fields", [{}, dict(jvp_tangent="sample", jvp_method="difference"),
+                                    dict(jvp_tangent="u-head")],
+                         ids=["public", "sample-tangent-differences", "u-head-tangent"])  # fmt: skip
 def test_resume_is_bitwise_identical(tmp_path, fields):
     """4 steps in one go == 2 steps, a checkpoint, and a resumed run to 4: weights, both EMAs, Muon and
     NAdam state; the checkpoint says it is a pMF run and holds the PMFConfig (without the v head for the
-    sample tangent); the sample grid is written."""
+    sample and u-head tangents); the sample grid is written."""
     make_image_folder(tmp_path / "data")
     for name, steps, resume in (("full", 4, False), ("part", 2, False), ("part", 4, True)):
         cfg = _config(tmp_path, name, steps=steps, sample_every=4, sample_per_class=2, **fields)

@@ -187,7 +187,8 @@ class PMFObjective:
         # velocity the network computes for them below (same inputs: h = 0, w = omega, interval [0, 1], y)
         fixed, fm, sample = fixed_shapes(model), draws.flow_matching, self.tangent == "sample"
         if self.tangent == "v-head" and not has_v_head(model):
-            raise ValueError("the pMF objective's v-head tangent needs a network with a v head; use tangent 'sample'")
+            raise ValueError("the pMF objective's v-head tangent needs a network with a v head; use tangent "
+                             "'sample' or 'u-head'")
         cond_rows = ~fm
         if sample:  # v_c only where the guided target uses it: w != 1 and the class kept
             cond_rows = cond_rows & (guidance_weight(t, draws) != 1) & ~draws.dropped
