@@ -60,14 +60,14 @@ else
   PMF=(--model pMF-B/16) JIT_SAME=(--model JiT-B/16) FINETUNE=(--preset gpu)
   JVP=(--model pMF-B/16 --batch-size 64 --device cuda --iters 5)
 fi
-CHEAP=(--optimizer adamw --jvp-tangent sample --jvp-method difference --fm-fraction 0.5 --cfg-max 0 --label-drop 0)
+SAMPLE_TANGENT=(--optimizer adamw --jvp-tangent sample --fm-fraction 0.5 --cfg-max 0 --label-drop 0)
 step tests 120 $PY -m pytest -p no:cacheprovider -v -m "not slow" ../tests/models/test_fast_path.py \
   ../tests/core/test_rng.py ../tests/train/test_graphed_step.py
 step train_pmf 100 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" --profile 0 --kernels off --label pmf
-step train_pmf_cheap 80 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" "${CHEAP[@]}" --profile 0 --kernels off \
-  --label pmf-cheap
-step train_pmf_sample_ad 80 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" "${CHEAP[@]:0:4}" --fm-fraction 0.5 \
-  --cfg-max 0 --label-drop 0 --profile 0 --kernels off --label pmf-sample-autodiff
+step train_pmf_cheap 80 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" "${SAMPLE_TANGENT[@]}" --jvp-method difference \
+  --profile 0 --kernels off --label pmf-cheap
+step train_pmf_sample_ad 80 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" "${SAMPLE_TANGENT[@]}" --profile 0 \
+  --kernels off --label pmf-sample-autodiff
 step train_jit_eager 80 $PY bench_train.py "${JIT_SAME[@]}" "${TRAIN[@]}" --profile 0 --kernels off --label jit-eager
 step pmf_jvp 60 $PY bench_pmf_jvp.py "${JVP[@]}" --precision bf16
 step fast_path 130 $PY check_fast_path.py "${MODEL[@]}" --compile $COMPILE

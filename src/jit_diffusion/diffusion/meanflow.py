@@ -134,7 +134,7 @@ class PMFObjective:
 
     @torch.no_grad()
     def guided_velocities(self, model, z, t, labels, draws: MeanFlowDraws, null_label: int, cond_rows=None):
-        """(w, v_c, v_u) from the v head (u at h = 0 without one) with the interval input [0, 1]: w = omega
+        """(w, v_c, v_u) from :meth:`velocity_head`'s head at h = 0 with the interval input [0, 1]: w = omega
         inside [t_min, t_max] and 1 outside, v_c at (y, w) for ``cond_rows`` (default: every image), v_u at
         (null, 1) only for the images whose target uses it (w != 1 and the class is kept: elsewhere (1 - 1/w)
         = 0 or dropout replaces the target by v_t); rows not computed are 0. One forward of the rows
