@@ -210,13 +210,15 @@ def _logit_normal_cdf(a: float, mean: float, std: float) -> float:
     return 0.5 * (1 + math.erf((math.log(a / (1 - a)) - mean) / (std * math.sqrt(2))))
 
 
-@pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
-def test_tr_uniform_draws_follow_the_mixture_law(share):
+@pytest.mark.parametrize("share, fm_share", [(0.0, None), (0.3, None), (1.0, None), (1.0, 0.0), (0.0, 0.5)])
+def test_tr_uniform_draws_follow_the_mixture_law(share, fm_share):
     """t = max and r = min of two draws from (1 - share) LogitNormal + share U(0, 1) (both from the same law
     per image): P(t <= a) = F(a)^2, P(r <= a) = 1 - (1 - F(a))^2 with F(a) = share a + (1 - share) Phi(...);
-    the flow-matching images (r = t) have P(t <= a) = F(a). 200k draws: errors ~0.002."""
+    the flow-matching images (r = t) have P(t <= a) = F(a) with their own share (default: the same).
+    200k draws: errors ~0.002."""
     n, mean, std = 200_000, 0.8, 0.8
-    objective = PMFObjective(p_mean=mean, p_std=std, tr_uniform=share, data_proportion=0.5, class_dropout_prob=0)
+    objective = PMFObjective(p_mean=mean, p_std=std, tr_uniform=share, tr_uniform_fm=fm_share, data_proportion=0.5,
+                             class_dropout_prob=0)  # fmt: skip
     draws = objective.counter_draws(4, 9, torch.arange(n), n, (1, 1, 1))
     fm = draws.flow_matching
     for a in (0.1, 0.3, 0.5, 0.69, 0.9):
@@ -224,12 +226,20 @@ def test_tr_uniform_draws_follow_the_mixture_law(share):
         # a share of the images draws (t, r) uniformly: P(t <= a) mixes per image, not per draw
         p_t = share * a**2 + (1 - share) * ln**2
         p_r = share * (1 - (1 - a) ** 2) + (1 - share) * (1 - (1 - ln) ** 2)
-        p_fm = share * a + (1 - share) * ln
+        fm_law = share if fm_share is None else fm_share
+        p_fm = fm_law * a + (1 - fm_law) * ln
         assert abs((draws.t[~fm] <= a).double().mean().item() - p_t) < 0.008, (a, "t")
         assert abs((draws.r[~fm] <= a).double().mean().item() - p_r) < 0.008, (a, "r")
         assert abs((draws.t[fm] <= a).double().mean().item() - p_fm) < 0.008, (a, "fm")
     if share == 1.0:  # E[max] = 2/3, E[min] = 1/3 of two uniforms
         assert abs(draws.t[~fm].mean().item() - 2 / 3) < 0.005 and abs(draws.r[~fm].mean().item() - 1 / 3) < 0.005
+    # the option changes only the r = t images' draws: the others are those of a run without it, bit for bit
+    default = PMFObjective(p_mean=mean, p_std=std, tr_uniform=share, data_proportion=0.5, class_dropout_prob=0)
+    some = torch.arange(0, n, n // 64)
+    before, after = (o.counter_draws(4, 9, some, n, (1, 1, 1)) for o in (default, objective))
+    moved = after.flow_matching & (fm_share is not None and fm_share != share)
+    assert torch.equal(before.t[~moved], after.t[~moved]) and torch.equal(before.r[~moved], after.r[~moved])
+    assert not moved.any() or not torch.equal(before.t[moved], after.t[moved])
 
 
 class Counting(torch.nn.Module):

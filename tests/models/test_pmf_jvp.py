@@ -134,21 +134,40 @@ def test_separate_jvp_pass_gives_the_same_values_and_gradients(model64):
     assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(grads, expected))
 
 
-def test_central_differences_are_close_to_forward_ad_in_float32_and_only_on_rows(model64):
-    """jvp_transform "difference": u and v (and their gradients) of the plain forward; du/dt by central
-    differences in fp32 within 1e-3 of the forward-mode one where asked, 0 elsewhere, without a graph."""
+@pytest.mark.parametrize("transform, tolerance", [("difference", 1e-3), ("one-sided", 1e-2)])
+def test_differences_are_close_to_forward_ad_in_float32_and_only_on_rows(model64, transform, tolerance):
+    """jvp_transform "difference" or "one-sided": u and v (and their gradients) of the plain forward; du/dt
+    by central (one-sided) differences in fp32 within 1e-3 (1e-2) of the forward-mode one where asked, 0
+    elsewhere, without a graph."""
     model = copy.deepcopy(model64).float()
     z, dz, t, h, cond, y = inputs64()
     z, dz, t, h, cond = z.float(), dz.float(), t.float(), h.float(), tuple(c.float() for c in cond)
     model.set_jvp_mode("function")
     u, v, du_dt = model(z, t, h, *cond, y, jvp_tangent=dz)
     expected = torch.autograd.grad(u.square().mean() + v.mean(), list(model.parameters()))
-    model.jvp_transform = "difference"
+    model.jvp_transform = transform
     u_d, v_d, du_d = model(z, t, h, *cond, y, jvp_tangent=dz)
     assert torch.equal(u_d, model(z, t, h, *cond, y)[0]) and torch.allclose(u_d, u, atol=1e-5)
-    assert (du_d - du_dt).norm() < 1e-3 * du_dt.norm() and not du_d.requires_grad
+    error = ((du_d - du_dt).norm() / du_dt.norm()).item()
+    assert error < tolerance and not du_d.requires_grad
     grads = torch.autograd.grad(u_d.square().mean() + v_d.mean(), list(model.parameters()))
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads, expected))
     rows = torch.tensor([False, True])
     du_rows = model(z, t, h, *cond, y, jvp_tangent=dz, jvp_rows=rows)[2]
-    assert (du_rows[0] == 0).all() and (du_rows[1] - du_dt[1]).norm() < 1e-3 * du_dt[1].norm()
+    assert (du_rows[0] == 0).all() and (du_rows[1] - du_dt[1]).norm() < tolerance * du_dt[1].norm()
+    print(f"{transform}: relative error {error:.1e}")
+
+
+def test_one_sided_differences_under_autocast_fall_back_to_central(model64):
+    """Under autocast the loss forward's u is no fp32 base point: one-sided then takes central differences."""
+    model = copy.deepcopy(model64).float()
+    z, dz, t, h, cond, y = inputs64()
+    z, dz, t, h, cond = z.float(), dz.float(), t.float(), h.float(), tuple(c.float() for c in cond)
+    model.jvp_transform = "difference"
+    with torch.no_grad():
+        central = model.difference_du_dt(z, t, h, *cond, y, dz)
+    model.jvp_transform = "one-sided"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not model.runs_in_fp32(z)
+        du_d = model(z, t, h, *cond, y, jvp_tangent=dz)[2]
+    assert torch.equal(du_d, central)

@@ -64,11 +64,13 @@ def test_family_defaults_only_where_not_given():
     (["--ema", "0.9"], "give --ema (fixed decays) or --ema-half-lives (EDM rule), not both"),
     (["--fm-fraction", "1.5"], "data_proportion must lie in [0, 1], got 1.5"),
     (["--tr-uniform", "-0.1"], "--p-std/--noise-scale/--jvp-tangent: pMF objective: tr_uniform must"),
+    (["--tr-uniform-fm", "1.5"], "--tr-uniform-fm/--label-drop/--p-std/--noise-scale/--jvp-tangent: pMF objective: "
+                                 "tr_uniform_fm must lie in [0, 1], got 1.5"),
     (["--model", "pMF-Q/3"], "--model: unknown pMF preset 'pMF-Q/3'"),
     (["--sample-cfg", "0.5"], "--sample-cfg: the pMF guidance weight omega must be >= 1, got 0.5"),
-    (["--jvp-method", "exact"], "--jvp-method must be autodiff or difference, got 'exact'"),
+    (["--jvp-method", "exact"], "--jvp-method must be one of autodiff, difference, one-sided, got 'exact'"),
     (["--jvp-tangent", "model"], "--jvp-tangent: pMF objective: tangent must be one of ('v-head', 'sample', 'u-head')"),
-    (["--jvp-method", "difference", "--compile"], "--jvp-method difference with --compile/--fsdp is not available"),
+    (["--jvp-method", "one-sided", "--compile"], "--jvp-method one-sided with --compile/--fsdp is not available"),
 ])  # fmt: skip
 def test_bad_flags_are_one_line_errors_before_any_work(tmp_path, capsys, flags, needle):
     data = make_image_folder(tmp_path / "data", num_classes=2, per_class=4)
@@ -85,10 +87,11 @@ def test_muon_for_jit_and_unlabelled_data_are_refused(tmp_path, capsys):
     assert cli.main(["train", "--model", "JiT-Ti/4", "--img-size", "16", "--batch-size", "8", "--optimizer", "muon",
                      "--data", str(flat), "--steps", "1", "--out", str(tmp_path / "b")]) == 2
     assert "--optimizer muon is for pMF models" in capsys.readouterr().err
-    assert cli.main(["train", "--model", "JiT-Ti/4", "--img-size", "16", "--batch-size", "8", "--tr-uniform", "0.1",
-                     "--data", str(flat), "--steps", "1", "--out", str(tmp_path / "c")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--tr-uniform/--lpips-weights/--convnext-weights/--jvp-tangent" in err[0]
+    for flag in ("--tr-uniform", "--tr-uniform-fm"):
+        assert cli.main(["train", "--model", "JiT-Ti/4", "--img-size", "16", "--batch-size", "8", flag, "0.1",
+                         "--data", str(flat), "--steps", "1", "--out", str(tmp_path / "c")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--tr-uniform(-fm)/--lpips-weights/--convnext-weights/--jvp-tangent" in err[0]
 
 
 def _config(tmp_path, name, **fields) -> TrainConfig:
@@ -134,7 +137,7 @@ def test_resume_is_bitwise_identical(tmp_path, fields):
 @pytest.mark.slow
 def test_two_processes_and_accumulation_match_one(tmp_path):
     """torchrun with 2 gloo processes (DDP: the JVP is inside the model's forward; FSDP2 with a resume; the
-    sample tangent with differences) and --grad-accum 2 give the weights of one process on the same global
+    sample tangent with one-sided differences) and --grad-accum 2 give the weights of one process on the same global
     batch, to float rounding; the draws
     (flow-matching half, first-n class dropout) are decided over the global batch."""
     data = make_image_folder(tmp_path / "data")
@@ -153,8 +156,8 @@ def test_two_processes_and_accumulation_match_one(tmp_path):
     run("--optimizer", "adamw", "--out", str(tmp_path / "one_adamw"))
     run("--optimizer", "adamw", "--fsdp", "--steps", "2", "--out", str(tmp_path / "fsdp"), launcher=torchrun)
     run("--optimizer", "adamw", "--fsdp", "--resume", "--out", str(tmp_path / "fsdp"), launcher=torchrun)
-    # no v head, du/dt by central differences (each rank on its own rows)
-    sample = ("--jvp-tangent", "sample", "--jvp-method", "difference")
+    # no v head, du/dt by one-sided differences (each rank on its own rows, from its own loss forward's u)
+    sample = ("--jvp-tangent", "sample", "--jvp-method", "one-sided")
     run(*sample, "--out", str(tmp_path / "one_sample"))
     run(*sample, "--out", str(tmp_path / "two_sample"), launcher=torchrun)
     ref = _final(tmp_path / "one")
@@ -167,7 +170,8 @@ def test_two_processes_and_accumulation_match_one(tmp_path):
         for key in ("model", "ema1", "ema2"):
             worst = max_abs_diff(reference[key], other[key])
             print(f"{name} vs one process, {key}: max abs diff {worst:.2e}")
-            assert worst < 1e-5, (name, key, worst)
+            # one-sided differences divide the rounding of each rank's smaller loss forward by eps = 1e-3
+            assert worst < (3e-5 if name == "two_sample" else 1e-5), (name, key, worst)
     torch.manual_seed(0)  # the trainer seeds with --seed before building the model
     init = PMF(**ref["ckpt"]["model_config"]).state_dict()
     assert max_abs_diff(init, ref["model"]) > 1e-3  # the weights moved

@@ -81,6 +81,7 @@ class PMFObjective:
     data_proportion: float = 0.5
     class_dropout_prob: float = 0.1
     tr_uniform: float = 0.0  # share of images with t, r ~ U(0, 1) instead (0.1 for H/16)
+    tr_uniform_fm: float | None = None  # that share among the flow-matching images (None: tr_uniform)
     norm_eps: float = 0.01
     norm_p: float = 1.0
     t_clip: float = 0.05
@@ -92,8 +93,8 @@ class PMFObjective:
     def __post_init__(self):
         if self.tangent not in TANGENTS:
             raise ValueError(f"pMF objective: tangent must be one of {TANGENTS}, got {self.tangent!r}")
-        for name in ("data_proportion", "class_dropout_prob", "tr_uniform"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+        for name in ("data_proportion", "class_dropout_prob", "tr_uniform", "tr_uniform_fm"):
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"pMF objective: {name} must lie in [0, 1], got {getattr(self, name)}")
         if not (self.cfg_max >= 0 and self.p_std > 0 and self.norm_eps > 0 and self.noise_scale > 0):
             raise ValueError("pMF objective: cfg_max must be >= 0 and p_std, norm_eps, noise_scale > 0, got "
@@ -108,11 +109,12 @@ class PMFObjective:
         draw_u = lambda stream, n=1: rng.uniform(seed, step, stream, positions, n)  # noqa: E731
         t = logit_normal(rng.normal(seed, step, rng.STREAM_TIME, positions, 1)[:, 0], self.p_mean, self.p_std)
         r = logit_normal(rng.normal(seed, step, STREAM_R, positions, 1)[:, 0], self.p_mean, self.p_std)
-        if self.tr_uniform > 0:
-            mask_t_r = draw_u(STREAM_TR_UNIFORM, 3)  # (B, 3): which, t, r
-            uniform = mask_t_r[:, 0] < self.tr_uniform
-            t, r = torch.where(uniform, mask_t_r[:, 1], t), torch.where(uniform, mask_t_r[:, 2], r)
         fm = positions < int(global_batch * self.data_proportion)  # the first images: r = t
+        fm_share = self.tr_uniform if self.tr_uniform_fm is None else self.tr_uniform_fm
+        if self.tr_uniform > 0 or fm_share > 0:
+            mask_t_r = draw_u(STREAM_TR_UNIFORM, 3)  # (B, 3): which, t, r
+            uniform = mask_t_r[:, 0] < torch.where(fm, fm_share, self.tr_uniform)
+            t, r = torch.where(uniform, mask_t_r[:, 1], t), torch.where(uniform, mask_t_r[:, 2], r)
         r = torch.where(fm, t, r)
         t, r = torch.maximum(t, r), torch.minimum(t, r)
         noise = rng.normal(seed, step, rng.STREAM_NOISE, positions, math.prod(sample_shape))

@@ -30,6 +30,8 @@ from .pmf_config import PMF_PRESETS, PMFConfig, pmf_preset_config
 
 __all__ = ["PMF", "PMFBlock", "PMFConfig", "PMF_PRESETS", "create_pmf_model"]
 
+DIFFERENCES = ("difference", "one-sided")  # the jvp_transforms that take du/dt from finite differences
+
 
 class PMFAttention(nn.Module):
     """Self-attention with separate q/k/v/out maps (no bias), per-head qk-RMSNorm and 2-D RoPE."""
@@ -141,7 +143,8 @@ class PMF(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         # "forward_ad", "func" (torch.func.jvp: what a compiled forward traces), "separate" (FSDP2 per block)
-        # or "difference" (central differences, fp32: two plain forwards of the rows that need du/dt)
+        # "difference" (central differences, fp32: two plain forwards of the rows that need du/dt) or "one-sided"
+        # (one forward of those rows, the loss forward's u as the other point)
         self.jvp_transform = "forward_ad"
         self.initialize_weights()
 
@@ -237,9 +240,11 @@ class PMF(nn.Module):
         ``jvp_rows`` (B,) bool: du/dt is needed only there (0 elsewhere), see :meth:`jvp_on_rows`."""
         if jvp_tangent is not None and jvp_rows is not None and self.jvp_transform == "forward_ad":
             return self.jvp_on_rows(z, t, h, omega, t_min, t_max, y, jvp_tangent, jvp_rows)
-        if jvp_tangent is not None and self.jvp_transform == "difference":
+        if jvp_tangent is not None and self.jvp_transform in DIFFERENCES:
             u, v = self.forward(z, t, h, omega, t_min, t_max, y)
-            return u, v, self.difference_du_dt(z, t, h, omega, t_min, t_max, y, jvp_tangent, jvp_rows)
+            one_sided = self.jvp_transform == "one-sided" and self.runs_in_fp32(z)  # else u is no fp32 base
+            return u, v, self.difference_du_dt(z, t, h, omega, t_min, t_max, y, jvp_tangent, jvp_rows,
+                                               base=u.detach() if one_sided else None)  # fmt: skip
         if jvp_tangent is not None:
             return self.forward_with_jvp(z, t, h, omega, t_min, t_max, y, jvp_tangent)
         heads = ("uv" if self.has_v_head else "u") if heads is None else heads
@@ -298,22 +303,34 @@ class PMF(nn.Module):
         return u, v, du_dt
 
     @torch.no_grad()
-    def difference_du_dt(self, z, t, h, omega, t_min, t_max, y, tangent_z, rows=None, eps: float = 1e-3):
-        """du/dt along (dz, dt, dh) = (tangent_z, 1, 1) by central differences in fp32, on ``rows`` (B,) bool
-        only (0 elsewhere; default all): (u(z + eps dz, t + eps, h + eps) - u(z - eps dz, ...)) / (2 eps),
-        error O(eps^2) + O(float rounding / eps), about 1e-4 relative. No gradient."""
+    def difference_du_dt(self, z, t, h, omega, t_min, t_max, y, tangent_z, rows=None, base=None, eps: float = 1e-3):
+        """du/dt along (dz, dt, dh) = (tangent_z, 1, 1) by finite differences in fp32, on ``rows`` (B,) bool
+        only (0 elsewhere; default all). Central: (u(z + eps dz, t + eps, h + eps) - u(z - eps dz, ...)) /
+        (2 eps), two plain forwards of the rows, error O(eps^2) + O(rounding / eps), about 1e-4 relative.
+        Given ``base`` = u(z, t, h) computed in fp32 (the loss forward's), one-sided: (u(z + eps dz, ...) -
+        base) / eps, one forward, error O(eps) + O(rounding / eps), about 1e-3 relative. No gradient."""
         picked = torch.arange(len(z), device=z.device) if rows is None else rows.nonzero()[:, 0]
         du_dt = torch.zeros_like(z, dtype=torch.promote_types(z.dtype, torch.float32))
         if not len(picked):
             return du_dt
-        step = lambda a, d: torch.cat([a[picked] + eps * d, a[picked] - eps * d])  # noqa: E731
-        twice = lambda a: torch.cat([a[picked], a[picked]])  # noqa: E731
+        signs = (1.0,) if base is not None else (1.0, -1.0)
+        moved = lambda a, d: torch.cat([a[picked] + sign * eps * d for sign in signs])  # noqa: E731
+        kept = lambda a: torch.cat([a[picked]] * len(signs))  # noqa: E731
         with torch.autocast(z.device.type, enabled=False):
-            z_pm = step(at_least_fp32(z), at_least_fp32(tangent_z[picked]))
-            u, _ = self.forward(z_pm, step(t, 1.0), step(h, 1.0), twice(omega), twice(t_min), twice(t_max), twice(y),
+            z_moved = moved(at_least_fp32(z), at_least_fp32(tangent_z[picked]))
+            u, _ = self.forward(z_moved, moved(t, 1.0), moved(h, 1.0), kept(omega), kept(t_min), kept(t_max), kept(y),
                                 heads="u")  # fmt: skip
-        plus, minus = u.chunk(2)
-        return du_dt.index_copy(0, picked, ((plus - minus) / (2 * eps)).to(du_dt.dtype))
+        if base is not None:
+            value = (u - base[picked]) / eps
+        else:
+            plus, minus = u.chunk(2)
+            value = (plus - minus) / (2 * eps)
+        return du_dt.index_copy(0, picked, value.to(du_dt.dtype))
+
+    def runs_in_fp32(self, z: torch.Tensor) -> bool:
+        """Whether a plain forward on ``z`` computes in fp32 or better (no autocast, fp32 or fp64 weights)."""
+        weights = self.pos_embed.dtype in (torch.float32, torch.float64)
+        return weights and not torch.is_autocast_enabled(z.device.type)
 
     def _func_jvp(self, z, t, h, omega, t_min, t_max, y, tangent_z):
         """:meth:`forward_with_jvp` through ``torch.func.jvp`` (what ``compile_model`` uses); same values."""

@@ -23,7 +23,8 @@ from ..models.pmf_config import PMF_DEFAULTS, PMFConfig, pmf_preset_config
 from .signals import DEFAULT_SIGNALS, parse_signals
 
 _OBJECTIVE = FlowMatching()  # the objective's defaults are the run's defaults
-JVP_METHODS = ("autodiff", "difference")  # TrainConfig.jvp_method: forward-mode AD or central differences
+JVP_METHODS = ("autodiff", "difference", "one-sided")  # TrainConfig.jvp_method: forward-mode AD, central or
+# one-sided differences
 
 
 @dataclass
@@ -99,8 +100,9 @@ class TrainConfig:
     cfg_max: float = 7.0  # omega ~ 1/omega on [1, 1 + cfg_max]
     fm_fraction: float = 0.5  # share of the global batch with r = t
     tr_uniform: float = 0.0  # share of images with t, r ~ U(0, 1) instead of logit-normal (H/16 recipe: 0.1)
+    tr_uniform_fm: float | None = None  # that share among the r = t images (default: tr_uniform, the public rule)
     jvp_tangent: str = "v-head"  # "sample" (MeanFlow's e - x) and "u-head" build the network without the v head
-    jvp_method: str = "autodiff"  # forward-mode AD, or "difference": central differences (cheaper on a CPU)
+    jvp_method: str = "autodiff"  # forward-mode AD, or "difference"/"one-sided": finite differences (cheaper on a CPU)
     lpips_weights: str | None = None  # local file(s) of the LPIPS term (:mod:`.perceptual`); None = off
     lpips_loss_weight: float = 0.4
     convnext_weights: str | None = None  # local file of the ConvNeXt term; None = off
@@ -125,10 +127,12 @@ class TrainConfig:
                 return PMFObjective(p_mean=self.p_mean, p_std=self.p_std, cfg_max=self.cfg_max,
                                     noise_scale=self.noise_scale, data_proportion=self.fm_fraction,
                                     class_dropout_prob=self.label_drop, t_clip=self.t_eps,
-                                    tr_uniform=self.tr_uniform, perceptual_max_t=self.perceptual_max_t,
+                                    tr_uniform=self.tr_uniform, tr_uniform_fm=self.tr_uniform_fm,
+                                    perceptual_max_t=self.perceptual_max_t,
                                     tangent=self.jvp_tangent)  # fmt: skip
             except ValueError as err:
-                flags = "--cfg-max/--fm-fraction/--tr-uniform/--label-drop/--p-std/--noise-scale/--jvp-tangent"
+                flags = ("--cfg-max/--fm-fraction/--tr-uniform/--tr-uniform-fm/--label-drop/--p-std/--noise-scale/"
+                         "--jvp-tangent")
                 raise UserError(f"{flags}: {err}") from None
         return FlowMatching(
             prediction=self.prediction, loss=self.loss, p_mean=self.p_mean, p_std=self.p_std, t_eps=self.t_eps,
@@ -141,7 +145,7 @@ TRAJECTORY_FIELDS = {
     "model", "img_size", "bottleneck_dim", "attn_drop", "proj_drop", "data", "data_split", "prediction",
     "loss", "p_mean", "p_std", "noise_scale", "t_eps", "label_drop", "batch_size", "lr", "blr", "min_lr",
     "schedule", "warmup_epochs", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "ema_decays",
-    "seed", "cfg_max", "fm_fraction", "tr_uniform", "jvp_tangent", "jvp_method", "lpips_loss_weight",
+    "seed", "cfg_max", "fm_fraction", "tr_uniform", "tr_uniform_fm", "jvp_tangent", "jvp_method", "lpips_loss_weight",
     "convnext_loss_weight", "perceptual_max_t", "optimizer", "ema_half_lives", "freeze", "lora_rank", "lora_alpha",
     "lora_targets",
 }  # fmt: skip
@@ -291,10 +295,10 @@ def validate_family(cfg: TrainConfig, world_size: int) -> None:
             raise UserError("--ema-half-lives with --cuda-graph: a captured step keeps fixed EMA decays; use --ema")
         if cfg.optimizer == "muon":
             raise UserError("--optimizer muon is for pMF models (--model pMF-...); JiT trains with adamw")
-        pmf_only = (cfg.tr_uniform, cfg.lpips_weights, cfg.convnext_weights,
+        pmf_only = (cfg.tr_uniform, cfg.tr_uniform_fm is not None, cfg.lpips_weights, cfg.convnext_weights,
                     cfg.jvp_tangent != TrainConfig.jvp_tangent, cfg.jvp_method != TrainConfig.jvp_method)  # fmt: skip
         if any(pmf_only):
-            raise UserError("--tr-uniform/--lpips-weights/--convnext-weights/--jvp-tangent/--jvp-method are "
+            raise UserError("--tr-uniform(-fm)/--lpips-weights/--convnext-weights/--jvp-tangent/--jvp-method are "
                             "for pMF models (--model pMF-...)")
         return
     jit_only = {  # flag -> why not, when given
@@ -305,14 +309,14 @@ def validate_family(cfg: TrainConfig, world_size: int) -> None:
         "--compile with --fsdp": (bool(cfg.compile and cfg.fsdp), "the compiled JVP graph is not traced through "
                                   "FSDP2's hooks"),
         "--grad-checkpointing": (cfg.grad_checkpointing, "not with the forward-mode JVP"),
-        "--jvp-method difference with --compile/--fsdp": (cfg.jvp_method == "difference" and bool(cfg.compile or
-                                                           cfg.fsdp), "those trace or shard the forward-mode JVP"),
+        f"--jvp-method {cfg.jvp_method} with --compile/--fsdp": (cfg.jvp_method in JVP_METHODS[1:] and bool(
+            cfg.compile or cfg.fsdp), "those trace or shard the forward-mode JVP"),
     }  # fmt: skip
     for flag, (given, why) in jit_only.items():
         if given:
             raise UserError(f"{flag} is not available for pMF models ({cfg.model}): {why}")
     if cfg.jvp_method not in JVP_METHODS:
-        raise UserError(f"--jvp-method must be autodiff or difference, got {cfg.jvp_method!r}")
+        raise UserError(f"--jvp-method must be one of {', '.join(JVP_METHODS)}, got {cfg.jvp_method!r}")
     cfg.objective()  # the objective's own range checks, named by flag
     if not 0 < cfg.perceptual_max_t <= 1 or min(cfg.lpips_loss_weight, cfg.convnext_loss_weight) < 0:
         raise UserError(f"--perceptual-max-t must lie in (0, 1] and the perceptual loss weights be >= 0, got "

@@ -97,11 +97,14 @@ FLAGS = [
     ("--fm-fraction", "fm_fraction", float, "pMF: share of the global batch trained with r = t (default 0.5)"),
     ("--tr-uniform", "tr_uniform", float, "pMF: share of images whose t and r are both drawn from U(0, 1) instead of "
      "the logit-normal (default 0; the public H/16 recipe: 0.1)"),
+    ("--tr-uniform-fm", "tr_uniform_fm", float, "pMF: that share among the r = t (flow-matching) images only "
+     "(default: --tr-uniform's, the public rule; 0 keeps their logit-normal t)"),
     ("--jvp-tangent", "jvp_tangent", str, "pMF: the JVP's dz: v-head (default, the public objective: the v head's "
      "velocity), sample (MeanFlow's e - x) or u-head (the model's velocity from u at h = 0); the last two build "
      "the network without its v head: cheaper steps"),
-    ("--jvp-method", "jvp_method", str, "pMF: how du/dt is computed: autodiff (default, forward-mode AD) or "
-     "difference (central differences in fp32, about 1e-4 relative error; cheaper on a CPU)"),
+    ("--jvp-method", "jvp_method", str, "pMF: how du/dt is computed: autodiff (default, forward-mode AD), "
+     "difference (central differences in fp32, about 1e-4 relative error; cheaper on a CPU) or one-sided (one "
+     "forward instead of two, the loss forward's u as the other point; about 1e-3; cheapest on a CPU)"),
     ("--lpips-weights", "lpips_weights", str, "pMF: add the LPIPS term, from LOCAL files: torchvision's vgg16 state "
      "dict and the LPIPS vgg.pth (comma-separated, or one file with both); nothing is downloaded"),
     ("--lpips-loss-weight", "lpips_loss_weight", float, "pMF: weight of the LPIPS term (default 0.4)"),

@@ -154,8 +154,8 @@ class Trainer:
         self.sharded = self.dist.enabled and cfg.fsdp
         if cfg.compile:
             self.model.compile_model(compile_scope(self.sharded))
-        if cfg.family != "jit" and cfg.jvp_method == "difference":
-            self.model.jvp_transform = "difference"
+        if cfg.family != "jit" and cfg.jvp_method != "autodiff":  # finite differences
+            self.model.jvp_transform = cfg.jvp_method
         self.train_model: nn.Module = self.model
         if self.sharded:  # each block, then the root; pMF's JVP then runs in its own pass without gradient
             self.train_model = apply_fsdp(self.model, None if cfg.family == "jit" else self.model.all_blocks())
