@@ -18,13 +18,12 @@ from ..diffusion.sampling import METHODS, check_interval, sampling_times
 from ..models.config import JiTConfig, preset_config
 from ..models.jit import JiT
 from ..models.lora import DEFAULT_TARGETS
-from ..models.pmf import PMF
+from ..models.pmf import DIFFERENCES, PMF
 from ..models.pmf_config import PMF_DEFAULTS, PMFConfig, pmf_preset_config
 from .signals import DEFAULT_SIGNALS, parse_signals
 
 _OBJECTIVE = FlowMatching()  # the objective's defaults are the run's defaults
-JVP_METHODS = ("autodiff", "difference", "one-sided")  # TrainConfig.jvp_method: forward-mode AD, central or
-# one-sided differences
+JVP_METHODS = ("autodiff", *DIFFERENCES)  # TrainConfig.jvp_method: forward-mode AD or finite differences
 
 
 @dataclass
@@ -309,7 +308,7 @@ def validate_family(cfg: TrainConfig, world_size: int) -> None:
         "--compile with --fsdp": (bool(cfg.compile and cfg.fsdp), "the compiled JVP graph is not traced through "
                                   "FSDP2's hooks"),
         "--grad-checkpointing": (cfg.grad_checkpointing, "not with the forward-mode JVP"),
-        f"--jvp-method {cfg.jvp_method} with --compile/--fsdp": (cfg.jvp_method in JVP_METHODS[1:] and bool(
+        f"--jvp-method {cfg.jvp_method} with --compile/--fsdp": (cfg.jvp_method in DIFFERENCES and bool(
             cfg.compile or cfg.fsdp), "those trace or shard the forward-mode JVP"),
     }  # fmt: skip
     for flag, (given, why) in jit_only.items():

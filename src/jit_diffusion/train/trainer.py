@@ -27,6 +27,7 @@ from ..core.fileio import save_json
 from ..core.parallel import apply_fsdp
 from ..diffusion.ema import EMA
 from ..formats.checkpoint import CKPT_DIR, LATEST, latest_checkpoint, writing_to
+from ..models.pmf import DIFFERENCES
 from .config import TrainConfig, build_network, compile_scope, compiles, model_config, validate
 from .draws import Augment, KeyedStepSampler, PMFAugment, StepBatchSampler, default_workers, make_loader
 from .flags import config_from_args
@@ -154,7 +155,7 @@ class Trainer:
         self.sharded = self.dist.enabled and cfg.fsdp
         if cfg.compile:
             self.model.compile_model(compile_scope(self.sharded))
-        if cfg.family != "jit" and cfg.jvp_method != "autodiff":  # finite differences
+        if cfg.family != "jit" and cfg.jvp_method in DIFFERENCES:  # the model's own finite-difference transforms
             self.model.jvp_transform = cfg.jvp_method
         self.train_model: nn.Module = self.model
         if self.sharded:  # each block, then the root; pMF's JVP then runs in its own pass without gradient
