@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # Everything issues 12 and 21 ask of a GPU, in one prepared run of at most 9 minutes (BUDGET_S, default 540 s):
 #   1. the Triton kernels and the CUDA-graph step against the PyTorch reference (pytest, on the GPU);
-#   2. a pMF-B/16 training step (pMF objective, JVP, Muon, EDM EMAs; eager), the cheap pMF step of the
+#   2. the fast path's numerics (check_fast_path: whole-model compile, kernels, bf16 residual stream);
+#   3. training JiT-B/16 256 px batch 128 bf16, before (per-block compile, PyTorch ops, no graph) and
+#      after (whole-model compile, Triton kernels, CUDA graph), each with its per-bucket profile;
+#   4. Heun-50 CFG 2.9 sampling at batch 128 (static shapes);
+#   5. the CLI as users run it: `jit eval` of 1,024 images of a random-weight export, timed end to end
+#      (compile included; --metrics none, so it is generation only);
+#   6. a pMF-B/16 training step (pMF objective, JVP, Muon, EDM EMAs; eager), the cheap pMF step of the
 #      README recipe (sample tangent, central differences, AdamW; and with the forward-mode JVP in bf16,
 #      which should suit a GPU better than fp32 differences), and the JiT-B/16 step of the same batch
 #      and precision, also eager (pMF runs without compile); then the attention JVP routes (function vs math);
-#   3. the fast path's numerics (check_fast_path: whole-model compile, kernels, bf16 residual stream);
-#   4. training JiT-B/16 256 px batch 128 bf16, before (per-block compile, PyTorch ops, no graph) and
-#      after (whole-model compile, Triton kernels, CUDA graph), each with its per-bucket profile;
-#   5. Heun-50 CFG 2.9 sampling at batch 128 (static shapes);
-#   6. the CLI as users run it: `jit eval` of 1,024 images of a random-weight export, timed end to end
-#      (compile included; --metrics none, so it is generation only);
 #   7. if time is left: sampling at 256/512/128 (one dynamic-batch graph), the fast training path with the
 #      PyTorch ops instead of the Triton kernels, and fine-tuning memory (full vs LoRA vs frozen trunk,
 #      +- gradient checkpointing, B/16 and L/16).
 # Each step is cut at its own limit and at the overall budget, so the script always ends in time.
+# SKIP="name ..." leaves out steps already measured (names as in timing.txt).
 # Logs (one file per step), traces and summary.txt go to ${OUT:-/tmp/jit-gpu}.
 #   bash benchmarks/gpu_session.sh
 #   SMOKE=1 bash benchmarks/gpu_session.sh     # the same steps on a tiny model on the CPU (plumbing check)
@@ -32,6 +33,10 @@ step() {  # step NAME MAX_SECONDS COMMAND...: run with a limit that never passes
   shift 2
   t0=$(date +%s)
   left=$((budget - (t0 - start)))
+  if [[ " ${SKIP:-} " == *" $name "* ]]; then
+    echo "$name: skipped (SKIP)" | tee -a "$out/timing.txt"
+    return
+  fi
   if ((left < 25)); then
     echo "$name: skipped, budget spent" | tee -a "$out/timing.txt"
     return
@@ -63,13 +68,6 @@ fi
 SAMPLE_TANGENT=(--optimizer adamw --jvp-tangent sample --fm-fraction 0.5 --cfg-max 0 --label-drop 0)
 step tests 120 $PY -m pytest -p no:cacheprovider -v -m "not slow" ../tests/models/test_fast_path.py \
   ../tests/core/test_rng.py ../tests/train/test_graphed_step.py
-step train_pmf 100 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" --profile 0 --kernels off --label pmf
-step train_pmf_cheap 80 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" "${SAMPLE_TANGENT[@]}" --jvp-method difference \
-  --profile 0 --kernels off --label pmf-cheap
-step train_pmf_sample_ad 80 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" "${SAMPLE_TANGENT[@]}" --profile 0 \
-  --kernels off --label pmf-sample-autodiff
-step train_jit_eager 80 $PY bench_train.py "${JIT_SAME[@]}" "${TRAIN[@]}" --profile 0 --kernels off --label jit-eager
-step pmf_jvp 60 $PY bench_pmf_jvp.py "${JVP[@]}" --precision bf16
 step fast_path 130 $PY check_fast_path.py "${MODEL[@]}" --compile $COMPILE
 step train_before 120 $PY bench_train.py "${MODEL[@]}" "${TRAIN[@]}" --compile blocks --kernels off \
   --trace-dir "$out/traces" --label before
@@ -82,6 +80,13 @@ save_pretrained(create_model(sys.argv[1], num_classes=1000), sys.argv[2], overwr
   >"$out/export.txt" 2>&1
 step eval_cli 150 bash -c 'TIMEFORMAT="eval_cli: %R s end to end"; time "$@"' _ $PY -m jit_diffusion.cli eval \
   "$out/export" "${EVAL[@]}" --cfg 2.9 --batch-size 128 --metrics none --out "$out/eval"
+step train_pmf 100 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" --profile 0 --kernels off --label pmf
+step train_pmf_cheap 80 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" "${SAMPLE_TANGENT[@]}" --jvp-method difference \
+  --profile 0 --kernels off --label pmf-cheap
+step train_pmf_sample_ad 80 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" "${SAMPLE_TANGENT[@]}" --profile 0 \
+  --kernels off --label pmf-sample-autodiff
+step train_jit_eager 80 $PY bench_train.py "${JIT_SAME[@]}" "${TRAIN[@]}" --profile 0 --kernels off --label jit-eager
+step pmf_jvp 60 $PY bench_pmf_jvp.py "${JVP[@]}" --precision bf16
 # last, if time is left
 step sample_batches 150 $PY bench_sample.py "${MODEL[@]}" "${SAMPLE[@]}" --batch-sizes "${BATCHES[1]}" --cfg 2.9 \
   --compile $COMPILE --dynamic-batch --repeats 1
