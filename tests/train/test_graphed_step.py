@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from jit_diffusion.core.parallel import load_optimizer_state
-from jit_diffusion.train.graphed_step import GraphedTrainStep
+from jit_diffusion.train.graphed_step import GraphedTrainStep, apply_update, micro_batch_backward
 from jit_diffusion.train.optim import capturable_adamw, set_learning_rate
 from jit_diffusion.train.trainer import TrainConfig, Trainer, param_groups
 
@@ -118,6 +119,39 @@ def test_capturable_adamw_on_cpu_is_the_plain_update():
     model = torch.nn.Linear(4, 3)
     opt = capturable_adamw(param_groups(model, 0.0), 1e-3, (0.9, 0.95), torch.device("cpu"))
     assert opt.defaults["foreach"] and not opt.defaults["capturable"]
+
+
+class _NoHostData(TorchDispatchMode):
+    """Fails on a tensor made from Python data (torch.tensor): on a GPU that is a host-to-device copy."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default):
+            raise AssertionError("a tensor made from Python data inside the step")
+        return func(*args, **(kwargs or {}))
+
+
+def test_step_body_makes_no_host_tensors(tmp_path):
+    """What a CUDA graph cannot capture, found on a CPU: after a warm-up step, the draws, forward, loss,
+    backward, clipping and EMAs make no tensor from Python data and none on the default device. The
+    default device is meta here, so a table made without ``device=`` and then moved (a host-to-device copy
+    on a GPU) fails to copy out of meta. The PyTorch ops run here, as on a GPU with ``--kernels off``. The
+    optimizer step is left out: on a CPU torch's AdamW is not the capturable one the GPU step uses."""
+    trainer = _trainer(tmp_path, 0.05)
+    positions = trainer._positions + trainer._first_position(0)
+    data = TinyData()
+    trainer.step = 0
+    trainer.train_step([(data.images[:8], data.labels[:8])], 1e-3)  # the warm-up fills every lazy state
+    step = torch.zeros((), dtype=torch.int64)
+
+    class NoUpdate:
+        def step(self):
+            pass
+
+    with torch.device("meta"), _NoHostData():
+        loss = micro_batch_backward(trainer.train_model, trainer.objective, trainer.augment, data.images[:8],
+                                    data.labels[:8], step, positions, use_bf16=False)  # fmt: skip
+        apply_update(trainer.raw_model, NoUpdate(), trainer.ema, grad_clip=0.05)
+    assert torch.isfinite(loss)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -65,8 +65,9 @@ def _seed_key(seed: int) -> int:
 def _base_key(seed: int, step: int | torch.Tensor, stream: int) -> int | torch.Tensor:
     """mix(mix(mix(seed) ^ step) ^ stream) as a signed int64 (a 0-d tensor when ``step`` is one)."""
     if isinstance(step, torch.Tensor):
-        seed_key = torch.tensor(_seed_key(seed), dtype=torch.int64, device=step.device)
-        return splitmix64(splitmix64(seed_key ^ step.reshape(()).to(torch.int64)) ^ stream)
+        # the seed's key stays a Python scalar: a tensor made from it would be a host-to-device copy,
+        # which a CUDA graph cannot capture
+        return splitmix64(splitmix64(step.reshape(()).to(torch.int64) ^ _seed_key(seed)) ^ stream)
     return _i64(_mix_int(_mix_int(_mix_int(seed & _MASK64) ^ (step & _MASK64)) ^ stream))
 
 

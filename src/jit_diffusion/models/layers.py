@@ -44,11 +44,26 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of t in [0, 1] (not scaled by 1000): [cos(t f_k), sin(t f_k)]."""
-    half = dim // 2
-    # f_k = exp(-ln(max_period) * k / half), same op order as the reference for bit parity
-    freqs = torch.exp(-math.log(max_period) * torch.arange(0, half, dtype=torch.float32) / half)
-    args = at_least_fp32(t[:, None]) * freqs.to(t.device)[None]  # (B, half)
+    args = at_least_fp32(t[:, None]) * _timestep_frequencies(dim // 2, max_period, t.device)[None]  # (B, half)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, dim)
+
+
+_FREQUENCIES: dict[tuple[int, float, torch.device], torch.Tensor] = {}
+
+
+def _timestep_frequencies(half: int, max_period: float, device: torch.device) -> torch.Tensor:
+    """f_k = exp(-ln(max_period) * k / half), made on the CPU in the reference's op order (bit parity) and
+    moved once per device: a copy inside every eager forward could not be captured by a CUDA graph."""
+    def table() -> torch.Tensor:
+        return torch.exp(-math.log(max_period) * torch.arange(0, half, dtype=torch.float32) / half).to(device)
+
+    if torch.compiler.is_compiling():  # compiled code folds the table into a constant
+        return table()
+    key = (half, max_period, device)
+    if key not in _FREQUENCIES:
+        with torch.inference_mode(False):  # a normal tensor even when first asked for while sampling
+            _FREQUENCIES[key] = table()
+    return _FREQUENCIES[key]
 
 
 def sincos_pos_embed_2d(dim: int, grid_size: int) -> torch.Tensor:
