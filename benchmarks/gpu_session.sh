@@ -3,17 +3,17 @@
 #   1. the Triton kernels and the CUDA-graph step against the PyTorch reference (pytest, on the GPU);
 #   2. the fast path's numerics (check_fast_path: whole-model compile, kernels, bf16 residual stream);
 #   3. training JiT-B/16 256 px batch 128 bf16, before (per-block compile, PyTorch ops, no graph) and
-#      after (whole-model compile, Triton kernels, CUDA graph), each with its per-bucket profile;
-#   4. Heun-50 CFG 2.9 sampling at batch 128 (static shapes);
+#      after (whole-model compile, Triton kernels, CUDA graph), each with its per-bucket profile, and the
+#      after-step with the PyTorch ops instead of the Triton kernels;
+#   4. Heun-50 CFG 2.9 sampling at batch 128 (static shapes), with and without the Triton kernels;
 #   5. the CLI as users run it: `jit eval` of 1,024 images of a random-weight export, timed end to end
 #      (compile included; --metrics none, so it is generation only);
 #   6. a pMF-B/16 training step (pMF objective, JVP, Muon, EDM EMAs; eager), the cheap pMF step of the
 #      README recipe (sample tangent, central differences, AdamW; and with the forward-mode JVP in bf16,
 #      which should suit a GPU better than fp32 differences), and the JiT-B/16 step of the same batch
 #      and precision, also eager (pMF runs without compile); then the attention JVP routes (function vs math);
-#   7. if time is left: sampling at 256/512/128 (one dynamic-batch graph), the fast training path with the
-#      PyTorch ops instead of the Triton kernels, and fine-tuning memory (full vs LoRA vs frozen trunk,
-#      +- gradient checkpointing, B/16 and L/16).
+#   7. if time is left: sampling at 256/512/128 (one dynamic-batch graph) and fine-tuning memory (full vs
+#      LoRA vs frozen trunk, +- gradient checkpointing, B/16 and L/16).
 # Each step is cut at its own limit and at the overall budget, so the script always ends in time.
 # SKIP="name ..." leaves out steps already measured (names as in timing.txt).
 # Logs (one file per step), traces and summary.txt go to ${OUT:-/tmp/jit-gpu}.
@@ -73,8 +73,12 @@ step train_before 120 $PY bench_train.py "${MODEL[@]}" "${TRAIN[@]}" --compile b
   --trace-dir "$out/traces" --label before
 step train_after 170 $PY bench_train.py "${MODEL[@]}" "${TRAIN[@]}" --compile $COMPILE --cuda-graph \
   --trace-dir "$out/traces" --label after
+step train_after_no_kernels 150 $PY bench_train.py "${MODEL[@]}" "${TRAIN[@]}" --compile $COMPILE --cuda-graph \
+  --kernels off --trace-dir "$out/traces" --label after-no-kernels
 step sample_128 120 $PY bench_sample.py "${MODEL[@]}" "${SAMPLE[@]}" --batch-sizes "${BATCHES[0]}" --cfg 2.9 \
   --compile $COMPILE --repeats 2
+step sample_128_no_kernels 120 $PY bench_sample.py "${MODEL[@]}" "${SAMPLE[@]}" --batch-sizes "${BATCHES[0]}" \
+  --cfg 2.9 --compile $COMPILE --kernels off --repeats 2
 $PY -c "import sys; from jit_diffusion import create_model; from jit_diffusion.models.pretrained import save_pretrained
 save_pretrained(create_model(sys.argv[1], num_classes=1000), sys.argv[2], overwrite=True)" "$EXPORT" "$out/export" \
   >"$out/export.txt" 2>&1
@@ -90,11 +94,9 @@ step pmf_jvp 60 $PY bench_pmf_jvp.py "${JVP[@]}" --precision bf16
 # last, if time is left
 step sample_batches 150 $PY bench_sample.py "${MODEL[@]}" "${SAMPLE[@]}" --batch-sizes "${BATCHES[1]}" --cfg 2.9 \
   --compile $COMPILE --dynamic-batch --repeats 1
-step train_after_no_kernels 150 $PY bench_train.py "${MODEL[@]}" "${TRAIN[@]}" --compile $COMPILE --cuda-graph \
-  --kernels off --trace-dir "$out/traces" --label after-no-kernels
 step finetune_memory 150 $PY bench_finetune_memory.py "${FINETUNE[@]}"
 { tail -n 1 "$out"/tests.txt  # pytest's last line (-v above names the test running when a limit struck)
-  grep -h -E "passed|failed|error|PASS|FAIL|^\| JiT|^train:|^sample:|^eval_cli:|peak memory|^profile|^  [a-z+-]+ +[0-9.]+ ms|^pMF" \
-  "$out"/pmf_jvp.txt "$out"/fast_path.txt "$out"/train_*.txt "$out"/sample_*.txt "$out"/eval_cli.txt "$out"/finetune_memory.txt; } \
-  2>/dev/null | tee "$out/summary.txt"
+  grep -H -E "passed|failed|error|PASS|FAIL|^\| JiT|^train:|^sample:|^eval_cli:|peak memory|^profile|^  [a-z+-]+ +[0-9.]+ ms|^pMF" \
+  "$out"/pmf_jvp.txt "$out"/fast_path.txt "$out"/train_*.txt "$out"/sample_*.txt "$out"/eval_cli.txt "$out"/finetune_memory.txt \
+  | sed "s|^$out/||; s|\.txt:| |"; } 2>/dev/null | tee "$out/summary.txt"  # each line led by its step's name
 echo "total $(($(date +%s) - start)) s" | tee -a "$out/summary.txt"
