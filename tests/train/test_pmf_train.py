@@ -11,6 +11,7 @@ from conftest import make_image_folder, max_abs_diff
 
 from jit_diffusion import cli
 from jit_diffusion.diffusion.meanflow import PMFObjective
+from jit_diffusion.diffusion.pmf_sampling import sample_pmf
 from jit_diffusion.formats.checkpoint import latest_checkpoint, read_checkpoint
 from jit_diffusion.models.pmf import PMF
 from jit_diffusion.train.config import TrainConfig, with_family_defaults
@@ -71,6 +72,11 @@ def test_family_defaults_only_where_not_given():
     (["--jvp-method", "exact"], "--jvp-method must be one of autodiff, difference, one-sided, got 'exact'"),
     (["--jvp-tangent", "model"], "--jvp-tangent: pMF objective: tangent must be one of ('v-head', 'sample', 'u-head')"),
     (["--jvp-method", "one-sided", "--compile"], "--jvp-method one-sided with --compile/--fsdp is not available"),
+    (["--prefix-tokens", "1,0,0,1"], "--prefix-tokens 1,0,0,1: guidance training (--cfg-max 7) needs >= 1 omega and "
+                                     "interval token; give --cfg-max 0"),
+    (["--prefix-tokens", "0,0,0,1", "--cfg-max", "0"], "--prefix-tokens: expected four counts class,omega,interval,"
+                                                       "gap with >= 1 class and gap token, e.g. 1,0,0,1; got 0,0,0,1"),
+    (["--prefix-tokens", "1,1,1"], "expected four counts class,omega,interval,gap"),
 ])  # fmt: skip
 def test_bad_flags_are_one_line_errors_before_any_work(tmp_path, capsys, flags, needle):
     data = make_image_folder(tmp_path / "data", num_classes=2, per_class=4)
@@ -87,11 +93,37 @@ def test_muon_for_jit_and_unlabelled_data_are_refused(tmp_path, capsys):
     assert cli.main(["train", "--model", "JiT-Ti/4", "--img-size", "16", "--batch-size", "8", "--optimizer", "muon",
                      "--data", str(flat), "--steps", "1", "--out", str(tmp_path / "b")]) == 2
     assert "--optimizer muon is for pMF models" in capsys.readouterr().err
-    for flag in ("--tr-uniform", "--tr-uniform-fm"):
-        assert cli.main(["train", "--model", "JiT-Ti/4", "--img-size", "16", "--batch-size", "8", flag, "0.1",
+    for flag, value in (("--tr-uniform", "0.1"), ("--tr-uniform-fm", "0.1"), ("--prefix-tokens", "1,0,0,1")):
+        assert cli.main(["train", "--model", "JiT-Ti/4", "--img-size", "16", "--batch-size", "8", flag, value,
                          "--data", str(flat), "--steps", "1", "--out", str(tmp_path / "c")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--tr-uniform(-fm)/--lpips-weights/--convnext-weights/--jvp-tangent" in err[0]
+
+
+def test_prefix_tokens_without_guidance(tmp_path, capsys):
+    """--prefix-tokens 1,0,0,1 --cfg-max 0: a network with one class and one gap token (2 prefix tokens instead
+    of the Ti preset's 8) trains, records its shape, samples at omega 1 (its default), and refuses another
+    omega in one line, from the CLI and from the library."""
+    data = make_image_folder(tmp_path / "data", num_classes=2, per_class=4)
+    run = tmp_path / "run"
+    flags = ["--prefix-tokens", "1,0,0,1", "--cfg-max", "0", "--label-drop", "0", "--optimizer", "adamw",
+             "--jvp-tangent", "sample", "--jvp-method", "one-sided"]  # fmt: skip
+    assert cli.main(["train", *TINY, "--data", str(data), "--steps", "2", "--out", str(run), *flags]) == 0
+    ckpt = read_checkpoint(latest_checkpoint(run))
+    tokens = [ckpt["model_config"][k] for k in ("num_class_tokens", "num_cfg_tokens", "num_interval_tokens",
+                                                "num_time_tokens")]  # fmt: skip
+    assert tokens == [1, 0, 0, 1] and ckpt["model"]["pos_embed"].shape[1] == 2 + 16
+    npz = tmp_path / "s.npz"
+    assert cli.main(["sample", str(run), "--per-class", "1", "--device", "cpu", "--npz", str(npz)]) == 0
+    capsys.readouterr()
+    assert cli.main(["sample", str(run), "--cfg", "2", "--device", "cpu", "--npz", str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cfg 2: this pMF network has no omega and interval tokens" in err[0]
+    model = PMF(**ckpt["model_config"])
+    noise = torch.randn(2, 3, 16, 16)
+    assert sample_pmf(model, torch.tensor([0, 1]), noise).shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="no omega and interval tokens"):
+        sample_pmf(model, torch.tensor([0, 1]), noise, omega=2.0)
 
 
 def _config(tmp_path, name, **fields) -> TrainConfig:

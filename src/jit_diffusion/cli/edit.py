@@ -64,7 +64,7 @@ def _settings(args: argparse.Namespace, info, default_cfg: float | None = None) 
         cfg = 1.0
     if info.family != "jit":
         check_method(info.family, args.method)
-        check_cfg(info.family, info.cfg if cfg is None else cfg)
+        check_cfg(info.family, info.cfg if cfg is None else cfg, info.model_config)
         if ode_only_flags(args):
             print(f"{info.family} model: ignoring {', '.join(ode_only_flags(args))} (ODE solver options)")
         return editing.ODESettings.from_info(info, steps=args.steps, cfg=cfg, cfg_interval=args.interval)

@@ -98,7 +98,7 @@ def run_sample(args: argparse.Namespace) -> None:
     if info.num_classes == 0 and cfg != 1.0:
         print("unconditional model: ignoring --cfg")
         cfg = 1.0
-    check_cfg(info.family, cfg)
+    check_cfg(info.family, cfg, info.model_config)
     steps = args.steps or info.steps or DEFAULT_STEPS
     method = args.method or info.method
     if method in METHODS:  # the ODE grid's checks (t_eps, --shift), before any image

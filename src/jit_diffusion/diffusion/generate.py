@@ -5,7 +5,7 @@ one evaluation per step); the ``jit sample`` command around it is :mod:`jit_diff
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..core.device import autocast_context, resolve_device
 from ..core.images import make_grid, save_grid, save_npz, save_png_folder, to_uint8
-from .pmf_sampling import sample_pmf
+from .pmf_sampling import check_guidance_tokens, sample_pmf
 from .sampling import METHODS, check_interval, image_noise, network_evaluations, sample, sampling_times
 
 __all__ = ["DEFAULT_STEPS", "FAMILY_SAMPLERS", "SAMPLER_NAMES", "autocast_context", "check_cfg", "check_method",
@@ -73,11 +73,14 @@ def check_method(family: str, method: str | None) -> None:
         raise ValueError(f"--method: unknown sampler {method!r}; choose from {', '.join(methods)}")
 
 
-def check_cfg(family: str, cfg: float) -> None:
-    """A one-line ValueError when ``family``'s sampler cannot take the guidance weight ``cfg`` (pMF: omega >= 1)."""
+def check_cfg(family: str, cfg: float, model_config: Mapping | None = None) -> None:
+    """A one-line ValueError when ``family``'s sampler cannot take the guidance weight ``cfg`` (pMF: omega >= 1;
+    omega 1 alone for a network, given by its ``model_config``, without guidance tokens)."""
     least = _sampler(family).min_cfg
     if least is not None and cfg < least:
         raise ValueError(f"--cfg {cfg:g}: a {family} model takes guidance weights >= {least:g}")
+    if family == "pmf":
+        check_guidance_tokens(cfg, model_config or {})
 
 
 def evaluations(family: str, method: str, steps: int, **grid) -> int:

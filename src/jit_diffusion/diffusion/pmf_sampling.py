@@ -10,7 +10,8 @@ Starting noise: :func:`jit_diffusion.sampling.image_noise` (image i always gets 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -37,6 +38,14 @@ def pmf_times(steps: int, start: float = 1.0) -> torch.Tensor:
     return torch.linspace(float(start), 0.0, steps + 1, dtype=torch.float32)
 
 
+def check_guidance_tokens(omega: float, model_config: Mapping) -> None:
+    """A one-line ValueError when ``omega`` != 1 is asked of a network (its config as a dict) without the
+    omega or interval tokens (trained with --cfg-max 0 --prefix-tokens C,0,0,G): they would be ignored."""
+    if omega != 1.0 and 0 in (model_config.get("num_cfg_tokens"), model_config.get("num_interval_tokens")):
+        raise ValueError(f"--cfg {omega:g}: this pMF network has no omega and interval tokens (trained without "
+                         "guidance); sample it with --cfg 1")  # fmt: skip
+
+
 @torch.no_grad()
 def sample_pmf(
     model,
@@ -59,6 +68,8 @@ def sample_pmf(
     evaluation), and where ``keep`` is True the state is put back on that path before every step (inpainting)."""
     if omega < 1.0:
         raise ValueError(f"the pMF guidance weight omega must be >= 1, got {omega}")
+    config = getattr(model, "config", None)  # a torch.compile wrapper passes the attribute through
+    check_guidance_tokens(omega, vars(config) if dataclasses.is_dataclass(config) else {})
     t_min, t_max = network_interval(interval)
     times = pmf_times(steps, start).tolist()
     scaled = noise.float() * noise_scale

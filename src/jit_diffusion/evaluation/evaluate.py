@@ -148,7 +148,7 @@ def _plan(args, metrics: list[str], axes: SweepAxes, emas: list[str], models: So
     for method in methods:
         check_method(info.family, method)
     for cfg in cfgs:
-        check_cfg(info.family, cfg)
+        check_cfg(info.family, cfg, info.model_config)
     settings = sweep_settings(emas, cfgs, methods, axes.steps or [info.steps or DEFAULT_STEPS])
     for setting in settings:  # the ODE grid's checks (the model's t_eps, --shift) before anything is generated
         if setting.method in METHODS:

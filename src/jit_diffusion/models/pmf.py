@@ -198,7 +198,8 @@ class PMF(nn.Module):
         H = self.config.hidden_size
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=1.0 / math.sqrt(H))
         for name in _PREFIX:
-            nn.init.normal_(getattr(self, name), std=1.0 / math.sqrt(H))
+            if getattr(self, name).numel():  # a kind may have no tokens (--prefix-tokens)
+                nn.init.normal_(getattr(self, name), std=1.0 / math.sqrt(H))
         nn.init.normal_(self.pos_embed, std=0.02)
         for final in (self.u_final_layer, getattr(self, "v_final_layer", None)):
             if final is not None:

@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# the prefix token counts, in sequence order (the interval's count is per end: t_min, then t_max)
+PREFIX_FIELDS = ("num_class_tokens", "num_cfg_tokens", "num_interval_tokens", "num_time_tokens")
+
 
 @dataclass
 class PMFConfig:
@@ -75,6 +78,10 @@ class PMFConfig:
             raise ValueError(f"aux_head_depth {self.aux_head_depth} must lie in [0, depth={self.depth}]")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        counts = tuple(getattr(self, k) for k in PREFIX_FIELDS)
+        if min(counts) < 0 or min(self.num_class_tokens, self.num_time_tokens) < 1:
+            raise ValueError(f"prefix tokens (class, omega, interval, gap) {counts}: need >= 1 class and gap "
+                             "token and >= 0 of the others")  # fmt: skip
 
     @classmethod
     def from_dict(cls, fields: Mapping[str, Any], source: str = "pMF config") -> PMFConfig:
@@ -156,7 +163,6 @@ def find_pmf_preset(config: PMFConfig) -> str | None:
         candidate = PMFConfig(**{**preset, "input_size": config.input_size})
         same_arch = all(getattr(config, k) == preset[k] for k in keys)
         if same_arch and (config.bottleneck, config.mlp_hidden) == (candidate.bottleneck, candidate.mlp_hidden):
-            tokens = ("num_class_tokens", "num_cfg_tokens", "num_interval_tokens", "num_time_tokens")
-            if all(getattr(config, k) == getattr(candidate, k) for k in tokens) and config.in_channels == 3:
+            if all(getattr(config, k) == getattr(candidate, k) for k in PREFIX_FIELDS) and config.in_channels == 3:
                 return name
     return None

@@ -19,7 +19,7 @@ from ..models.config import JiTConfig, preset_config
 from ..models.jit import JiT
 from ..models.lora import DEFAULT_TARGETS
 from ..models.pmf import DIFFERENCES, PMF
-from ..models.pmf_config import PMF_DEFAULTS, PMFConfig, pmf_preset_config
+from ..models.pmf_config import PMF_DEFAULTS, PREFIX_FIELDS, PMFConfig, pmf_preset_config
 from .signals import DEFAULT_SIGNALS, parse_signals
 
 _OBJECTIVE = FlowMatching()  # the objective's defaults are the run's defaults
@@ -102,6 +102,7 @@ class TrainConfig:
     tr_uniform_fm: float | None = None  # that share among the r = t images (default: tr_uniform, the public rule)
     jvp_tangent: str = "v-head"  # "sample" (MeanFlow's e - x) and "u-head" build the network without the v head
     jvp_method: str = "autodiff"  # forward-mode AD, or "difference"/"one-sided": finite differences (cheaper on a CPU)
+    prefix_tokens: list[int] | None = None  # class, omega, interval (each end), gap token counts (None: the preset's)
     lpips_weights: str | None = None  # local file(s) of the LPIPS term (:mod:`.perceptual`); None = off
     lpips_loss_weight: float = 0.4
     convnext_weights: str | None = None  # local file of the ConvNeXt term; None = off
@@ -144,9 +145,9 @@ TRAJECTORY_FIELDS = {
     "model", "img_size", "bottleneck_dim", "attn_drop", "proj_drop", "data", "data_split", "prediction",
     "loss", "p_mean", "p_std", "noise_scale", "t_eps", "label_drop", "batch_size", "lr", "blr", "min_lr",
     "schedule", "warmup_epochs", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "ema_decays",
-    "seed", "cfg_max", "fm_fraction", "tr_uniform", "tr_uniform_fm", "jvp_tangent", "jvp_method", "lpips_loss_weight",
-    "convnext_loss_weight", "perceptual_max_t", "optimizer", "ema_half_lives", "freeze", "lora_rank", "lora_alpha",
-    "lora_targets",
+    "seed", "cfg_max", "fm_fraction", "tr_uniform", "tr_uniform_fm", "jvp_tangent", "jvp_method", "prefix_tokens",
+    "lpips_loss_weight", "convnext_loss_weight", "perceptual_max_t", "optimizer", "ema_half_lives", "freeze",
+    "lora_rank", "lora_alpha", "lora_targets",
 }  # fmt: skip
 
 
@@ -188,6 +189,8 @@ def model_config(cfg: TrainConfig, num_classes: int) -> JiTConfig | PMFConfig:
     overrides = dict(num_classes=num_classes, attn_drop=cfg.attn_drop, proj_drop=cfg.proj_drop)
     if cfg.family == "pmf":  # no dropout; at least one class (the check of the data comes later)
         overrides = dict(num_classes=max(1, num_classes), v_head=cfg.jvp_tangent == "v-head")
+        if cfg.prefix_tokens is not None:
+            overrides.update(zip(PREFIX_FIELDS, cfg.prefix_tokens))
     if cfg.img_size is not None:
         overrides["input_size"] = cfg.img_size
     if cfg.bottleneck_dim is not None:
@@ -281,6 +284,20 @@ def _check_sampling(cfg: TrainConfig) -> None:
         raise UserError(str(err)) from None
 
 
+def check_prefix_tokens(cfg: TrainConfig) -> None:
+    """--prefix-tokens: four counts, at least one class and one gap token, and the omega and interval tokens
+    that guidance training (--cfg-max > 0) conditions on."""
+    tokens = cfg.prefix_tokens
+    if tokens is None:
+        return
+    if len(tokens) != 4 or min(tokens) < 0 or min(tokens[0], tokens[3]) < 1:
+        raise UserError(f"--prefix-tokens: expected four counts class,omega,interval,gap with >= 1 class and gap "
+                        f"token, e.g. 1,0,0,1; got {','.join(map(str, tokens))}")  # fmt: skip
+    if cfg.cfg_max > 0 and min(tokens[1], tokens[2]) < 1:
+        raise UserError(f"--prefix-tokens {','.join(map(str, tokens))}: guidance training (--cfg-max "
+                        f"{cfg.cfg_max:g}) needs >= 1 omega and interval token; give --cfg-max 0 to train without")
+
+
 def validate_family(cfg: TrainConfig, world_size: int) -> None:
     """The flags that depend on the model family; errors name the flag."""
     if cfg.optimizer not in ("adamw", "muon"):
@@ -295,10 +312,11 @@ def validate_family(cfg: TrainConfig, world_size: int) -> None:
         if cfg.optimizer == "muon":
             raise UserError("--optimizer muon is for pMF models (--model pMF-...); JiT trains with adamw")
         pmf_only = (cfg.tr_uniform, cfg.tr_uniform_fm is not None, cfg.lpips_weights, cfg.convnext_weights,
-                    cfg.jvp_tangent != TrainConfig.jvp_tangent, cfg.jvp_method != TrainConfig.jvp_method)  # fmt: skip
+                    cfg.jvp_tangent != TrainConfig.jvp_tangent, cfg.jvp_method != TrainConfig.jvp_method,
+                    cfg.prefix_tokens is not None)  # fmt: skip
         if any(pmf_only):
-            raise UserError("--tr-uniform(-fm)/--lpips-weights/--convnext-weights/--jvp-tangent/--jvp-method are "
-                            "for pMF models (--model pMF-...)")
+            raise UserError("--tr-uniform(-fm)/--lpips-weights/--convnext-weights/--jvp-tangent/--jvp-method/"
+                            "--prefix-tokens are for pMF models (--model pMF-...)")
         return
     jit_only = {  # flag -> why not, when given
         "--prediction/--loss": (cfg.prediction != _OBJECTIVE.prediction or cfg.loss != _OBJECTIVE.loss,
@@ -316,6 +334,7 @@ def validate_family(cfg: TrainConfig, world_size: int) -> None:
             raise UserError(f"{flag} is not available for pMF models ({cfg.model}): {why}")
     if cfg.jvp_method not in JVP_METHODS:
         raise UserError(f"--jvp-method must be one of {', '.join(JVP_METHODS)}, got {cfg.jvp_method!r}")
+    check_prefix_tokens(cfg)
     cfg.objective()  # the objective's own range checks, named by flag
     if not 0 < cfg.perceptual_max_t <= 1 or min(cfg.lpips_loss_weight, cfg.convnext_loss_weight) < 0:
         raise UserError(f"--perceptual-max-t must lie in (0, 1] and the perceptual loss weights be >= 0, got "

@@ -20,6 +20,13 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from err
+
+
 def _names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
@@ -105,6 +112,9 @@ FLAGS = [
     ("--jvp-method", "jvp_method", str, "pMF: how du/dt is computed: autodiff (default, forward-mode AD), "
      "difference (central differences in fp32, about 1e-4 relative error; cheaper on a CPU) or one-sided (one "
      "forward instead of two, the loss forward's u as the other point; about 1e-3; cheapest on a CPU)"),
+    ("--prefix-tokens", "prefix_tokens", _ints, "pMF: prefix token counts class,omega,interval,gap (default: the "
+     "preset's; Ti 4,1,1,1, B/L/H 8,4,2,4). With --cfg-max 0 the omega and interval tokens condition on "
+     "nothing; 1,0,0,1 keeps one class and one gap token, for a cheaper step (sampling then takes --cfg 1 only)"),
     ("--lpips-weights", "lpips_weights", str, "pMF: add the LPIPS term, from LOCAL files: torchvision's vgg16 state "
      "dict and the LPIPS vgg.pth (comma-separated, or one file with both); nothing is downloaded"),
     ("--lpips-loss-weight", "lpips_loss_weight", float, "pMF: weight of the LPIPS term (default 0.4)"),
