@@ -43,6 +43,8 @@ def test_family_defaults_only_where_not_given():
     assert (cfg.sample_cfg, cfg.sample_interval, cfg.sample_steps) == (6.5, [0.3, 0.9], 1)
     cfg, _ = config_from_args(_args("--model", "pMF-Ti/4", "--ema", "0.99", "--blr", "1e-4", "--optimizer", "adamw"))
     assert (cfg.ema_decays, cfg.ema_half_lives, cfg.lr, cfg.optimizer) == ([0.99], [], None, "adamw")
+    cfg, _ = config_from_args(_args("--model", "pMF-Ti/4", "--beta1", "0.8", "--beta2", "0.99"))
+    assert (cfg.beta1, cfg.beta2) == (0.8, 0.99)
     cfg, _ = config_from_args(_args("--model", "pMF-H/16", "--tr-uniform", "0.1"))
     assert cfg.tr_uniform == 0.1 and cfg.objective().tr_uniform == 0.1
     # a narrower --cfg-max than the public 7 samples at an omega the run trains on; 7 (given or not) keeps 8.5

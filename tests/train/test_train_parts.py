@@ -244,6 +244,7 @@ def test_preview_grid_is_written(tmp_path):
     (dict(num_workers=-1), "--num-workers must be an integer >= 0, got -1"),
     (dict(steps=None, epochs=0.0), "--epochs must be > 0, got 0"),
     (dict(max_minutes=-1.0), "--max-minutes must be > 0, got -1"),
+    (dict(beta2=1.0), "--beta1/--beta2 must lie in [0, 1), got 0.9, 1"),
 ])  # fmt: skip
 def test_bad_flags_are_one_line_errors_before_any_step(tmp_path, overrides, message):
     """Flags that used to fail at the first preview grid or after the first step (a ZeroDivisionError, an

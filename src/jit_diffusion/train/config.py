@@ -234,6 +234,8 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         raise UserError(str(err)) from None
     if cfg.schedule not in ("constant", "cosine"):
         raise UserError(f"--schedule must be constant or cosine, got {cfg.schedule!r}")
+    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
+        raise UserError(f"--beta1/--beta2 must lie in [0, 1), got {cfg.beta1:g}, {cfg.beta2:g}")
     if cfg.steps is None and cfg.epochs is None:
         raise UserError("give --steps or --epochs")
     if cfg.max_bad_images is not None and cfg.max_bad_images < 0:

@@ -61,6 +61,8 @@ FLAGS = [
     ("--epochs", "epochs", float, "training length in epochs"),
     ("--steps", "steps", int, "training length in optimizer steps (overrides --epochs)"),
     ("--weight-decay", "weight_decay", float, "AdamW weight decay on matrices (default 0)"),
+    ("--beta1", "beta1", float, "Adam's first-moment decay (default 0.9; pMF with Muon: its Adam part)"),
+    ("--beta2", "beta2", float, "Adam's second-moment decay (default 0.95; pMF with Muon: its Adam part)"),
     ("--grad-clip", "grad_clip", float, "clip the global gradient norm (default 0 = off)"),
     ("--ema", "ema_decays", _floats, "comma-separated EMA decays (default 0.9999,0.9996)"),
     ("--seed", "seed", int, "global seed (default 0)"),
