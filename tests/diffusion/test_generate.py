@@ -14,7 +14,7 @@ def _model():
     return create_model("JiT-Ti/4", num_classes=4, input_size=16).eval()
 
 
-def test_compiled_network_is_not_recompiled_for_short_batches(monkeypatch):
+def test_compiled_network_is_not_recompiled_for_short_batches():
     """Five images in batches of two, then a short chunk of one after them (as ``jit eval`` asks): the
     compiled forward keeps its first shape (a recompile would raise), and the images are those of the
     plain network."""
@@ -23,9 +23,9 @@ def test_compiled_network_is_not_recompiled_for_short_batches(monkeypatch):
     model = _model()
     model.compile(backend="eager", dynamic=False)
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
-    images = generate(model, [0, 1, 2, 3, 0], **KWARGS)
-    tail = generate(model, [1], start_index=5, **KWARGS)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        images = generate(model, [0, 1, 2, 3, 0], **KWARGS)
+        tail = generate(model, [1], start_index=5, **KWARGS)
     assert images.shape == (5, 16, 16, 3) and tail.shape == (1, 16, 16, 3)
     assert np.abs(images.astype(int) - plain.astype(int)).max() <= 1
     assert np.abs(tail.astype(int) - plain_tail.astype(int)).max() <= 1
