@@ -13,18 +13,20 @@ from .config import TrainConfig, with_family_defaults
 from .init import inherit
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
+def _number_list(cast: type, what: str):
+    """An argparse type: comma-separated values of ``cast``; ``what`` names them in the error."""
+
+    def parse(text: str) -> list:
+        try:
+            return [cast(v) for v in text.split(",") if v.strip()]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from err
+
+    return parse
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from err
+_floats = _number_list(float, "numbers")
+_ints = _number_list(int, "whole numbers")
 
 
 def _names(text: str) -> list[str]:
