@@ -11,7 +11,8 @@
 #   6. a pMF-B/16 training step (pMF objective, JVP, Muon, EDM EMAs; eager), the cheap pMF step of the
 #      README recipe (sample tangent, central differences, AdamW; and with the forward-mode JVP in bf16,
 #      which should suit a GPU better than fp32 differences), and the JiT-B/16 step of the same batch
-#      and precision, also eager (pMF runs without compile); then the attention JVP routes (function vs math);
+#      and precision, also eager; the sample-tangent step compiled (whole model); then the attention JVP
+#      routes (function vs math);
 #   7. if time is left: sampling at 256/512/128 (one dynamic-batch graph) and fine-tuning memory (full vs
 #      LoRA vs frozen trunk, +- gradient checkpointing, B/16 and L/16).
 # Each step is cut at its own limit and at the overall budget, so the script always ends in time.
@@ -89,6 +90,8 @@ step train_pmf_cheap 80 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" "${SAMPLE_T
   --profile 0 --kernels off --label pmf-cheap
 step train_pmf_sample_ad 80 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" "${SAMPLE_TANGENT[@]}" --profile 0 \
   --kernels off --label pmf-sample-autodiff
+step train_pmf_compiled 150 $PY bench_train.py "${PMF[@]}" "${TRAIN[@]}" "${SAMPLE_TANGENT[@]}" --profile 0 \
+  --compile $COMPILE --kernels off --label pmf-sample-compiled
 step train_jit_eager 80 $PY bench_train.py "${JIT_SAME[@]}" "${TRAIN[@]}" --profile 0 --kernels off --label jit-eager
 step pmf_jvp 60 $PY bench_pmf_jvp.py "${JVP[@]}" --precision bf16
 # last, if time is left
