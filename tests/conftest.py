@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -45,6 +46,20 @@ def golden() -> Golden:
 @pytest.fixture(scope="session")
 def manifest() -> dict:
     return json.loads((FIXTURES / "official_state_dict_manifest.json").read_text())
+
+
+PMF_OFFICIAL = FIXTURES / "pmf" / "pmf_tiny_official.pt"  # the public module's tiny state dict
+
+
+@pytest.fixture(scope="session")
+def pmf_golden() -> dict[str, torch.Tensor]:
+    """The golden tensors of the public pMF module (forward u, v; 1- and 2-step samples)."""
+    return load_file(str(FIXTURES / "pmf" / "pmf_tiny_golden.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def pmf_official_state() -> dict[str, torch.Tensor]:
+    return torch.load(PMF_OFFICIAL, weights_only=True)
 
 
 def make_image_folder(root: Path, num_classes: int = 4, per_class: int = 8, size: int = 16, flat: bool = False) -> Path:

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from jit_diffusion import JiT, load_model, open_source
 from jit_diffusion.diffusion.pmf_sampling import our_interval, sample_pmf
@@ -26,47 +25,41 @@ GOLDEN_SETTINGS = [("sample1.out", 1, 4.0, (0.1, 0.7)), ("sample2.out", 2, 2.5, 
 
 
 @pytest.fixture(scope="module")
-def golden() -> dict[str, torch.Tensor]:
-    return load_file(str(FIXTURES / "pmf_tiny_golden.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def official_state() -> dict[str, torch.Tensor]:
-    return torch.load(OFFICIAL, weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def no_v_head(official_state, tmp_path_factory) -> Path:
+def no_v_head(pmf_official_state, tmp_path_factory) -> Path:
     """The fixture as a released inference file: no v_heads.* / v_final_layer.*."""
     path = tmp_path_factory.mktemp("pmf") / "pmf_no_v.pt"
-    torch.save({k: v for k, v in official_state.items() if not k.startswith("v_")}, path)
+    torch.save({k: v for k, v in pmf_official_state.items() if not k.startswith("v_")}, path)
     return path
 
 
-def _golden_samples(model, golden) -> list[float]:
+def _golden_samples(model, pmf_golden) -> list[float]:
     """Max abs error of the model's 1- and 2-step samples (our-time interval) against the public sampler's."""
-    return [(sample_pmf(model, golden["sample.labels"], golden["sample.z0"], steps, omega, our_interval(*interval))
-             - golden[key]).abs().max().item() for key, steps, omega, interval in GOLDEN_SETTINGS]  # fmt: skip
+    labels, noise = pmf_golden["sample.labels"], pmf_golden["sample.z0"]
+    errors = []
+    for key, steps, omega, interval in GOLDEN_SETTINGS:
+        images = sample_pmf(model, labels, noise, steps, omega, our_interval(*interval))
+        errors.append((images - pmf_golden[key]).abs().max().item())
+    return errors
 
 
 @pytest.mark.parametrize("with_v", [True, False])
-def test_official_file_opens_and_samples_the_golden(golden, no_v_head, with_v):
+def test_official_file_opens_and_samples_the_golden(pmf_golden, no_v_head, with_v):
     source = open_source(OFFICIAL if with_v else no_v_head)
     assert (source.kind, source.family, source.weight_names) == ("pmf-official", "pmf", ["ema1"])
     assert source.describe() == "official pMF checkpoint"
     model, info = source.load()
     assert isinstance(model, PMF) and model.has_v_head is with_v and not model.training
     assert (info.family, info.method, info.steps, info.num_classes, info.image_size) == ("pmf", "pmf", 1, 5, 16)
-    assert max(_golden_samples(model, golden)) <= 1e-5
+    assert max(_golden_samples(model, pmf_golden)) <= 1e-5
     again, _ = load_model(OFFICIAL if with_v else no_v_head)  # the API entry point
     assert torch.equal(again.u_final_layer.linear.weight, model.u_final_layer.linear.weight)
 
 
-def test_official_detection_is_by_keys(official_state):
-    assert is_pmf_official(official_state)
+def test_official_detection_is_by_keys(pmf_official_state):
+    assert is_pmf_official(pmf_official_state)
     assert not is_pmf_official({"model": {}, "model_config": {}})  # a training checkpoint
-    assert not is_pmf_official({k: v for k, v in official_state.items() if "omega" not in k})
-    assert not is_pmf_official({**official_state, "args": "not a tensor"})
+    assert not is_pmf_official({k: v for k, v in pmf_official_state.items() if "omega" not in k})
+    assert not is_pmf_official({**pmf_official_state, "args": "not a tensor"})
 
 
 def test_ema2_of_an_official_pmf_file_is_a_one_line_error():
@@ -84,7 +77,7 @@ def test_official_defaults_are_the_public_eval_settings_in_our_time(preset, omeg
     assert info.cfg_interval == pytest.approx(interval)
 
 
-def test_export_round_trip_keeps_the_v_head_and_the_outputs(golden, tmp_path):
+def test_export_round_trip_keeps_the_v_head_and_the_outputs(pmf_golden, tmp_path):
     folder, model, info = convert(OFFICIAL, tmp_path / "export")
     config = json.loads((folder / "config.json").read_text())
     assert config["family"] == "pmf" and config["sampling"]["steps"] == 1 and config["model_config"]["v_head"]
@@ -97,7 +90,7 @@ def test_export_round_trip_keeps_the_v_head_and_the_outputs(golden, tmp_path):
     assert loaded_info == dataclasses.replace(info, source=str(folder))
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
-    assert max(_golden_samples(loaded, golden)) <= 1e-5
+    assert max(_golden_samples(loaded, pmf_golden)) <= 1e-5
     hub_style = JiT.from_pretrained(folder)  # the Hub mixin's local path opens any family
     assert isinstance(hub_style, PMF) and hub_style.pretrained_info.family == "pmf"
     # and once more through the export of the export

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from jit_diffusion.formats.pmf_official import (
     from_official_keys,
@@ -24,26 +23,16 @@ FIXTURES = Path(__file__).parents[1] / "fixtures" / "pmf"
 OFFICIAL = FIXTURES / "pmf_tiny_official.pt"
 
 
-@pytest.fixture(scope="module")
-def golden() -> dict[str, torch.Tensor]:
-    return load_file(str(FIXTURES / "pmf_tiny_golden.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def official_state() -> dict[str, torch.Tensor]:
-    return torch.load(OFFICIAL, weights_only=True)
-
-
 def forward_inputs(g):
     return [g[f"forward.{k}"] for k in ("x", "t", "h", "w", "t_min", "t_max", "y")]
 
 
-def test_forward_u_and_v_match_golden(golden):
+def test_forward_u_and_v_match_golden(pmf_golden):
     model = load_official_model(OFFICIAL)
     with torch.no_grad():
-        u, v = model(*forward_inputs(golden))
-    assert (u - golden["forward.u"]).abs().max().item() <= 1e-5
-    assert (v - golden["forward.v"]).abs().max().item() <= 1e-5
+        u, v = model(*forward_inputs(pmf_golden))
+    assert (u - pmf_golden["forward.u"]).abs().max().item() <= 1e-5
+    assert (v - pmf_golden["forward.v"]).abs().max().item() <= 1e-5
 
 
 def test_config_inferred_from_shapes_equals_golden_config():
@@ -54,48 +43,48 @@ def test_config_inferred_from_shapes_equals_golden_config():
     assert all("_flax" not in k for k in state) and "rope_freqs" not in state
 
 
-def test_checkpoint_without_v_head_loads_and_gives_the_same_u(golden, official_state, tmp_path):
+def test_checkpoint_without_v_head_loads_and_gives_the_same_u(pmf_golden, pmf_official_state, tmp_path):
     path = tmp_path / "no_v.pt"
-    torch.save({k: v for k, v in official_state.items() if not k.startswith(("v_heads.", "v_final_layer."))}, path)
+    torch.save({k: v for k, v in pmf_official_state.items() if not k.startswith(("v_heads.", "v_final_layer."))}, path)
     model = load_official_model(path)
     assert not model.config.v_head and not hasattr(model, "v_heads")
     with torch.no_grad():
-        u, v = model(*forward_inputs(golden))
+        u, v = model(*forward_inputs(pmf_golden))
     assert v is None
-    assert (u - golden["forward.u"]).abs().max().item() <= 1e-5
+    assert (u - pmf_golden["forward.u"]).abs().max().item() <= 1e-5
     with pytest.raises(ValueError, match="no v head"):
-        model(*forward_inputs(golden), heads="v")
+        model(*forward_inputs(pmf_golden), heads="v")
 
 
-def test_official_key_round_trip(official_state):
-    model = official_to_model(official_state)
+def test_official_key_round_trip(pmf_official_state):
+    model = official_to_model(pmf_official_state)
     back = to_official_keys(model)
-    assert sorted(back) == sorted(official_state)
-    for key, value in official_state.items():
+    assert sorted(back) == sorted(pmf_official_state)
+    for key, value in pmf_official_state.items():
         assert back[key].dtype == value.dtype
         assert (back[key] - value).abs().max().item() <= 1e-6, key
 
 
-def test_rope_tables_match_the_official_buffer(official_state):
-    model = official_to_model(official_state)
-    freqs = official_state["rope_freqs"]  # (patches, head_dim / 2) complex
+def test_rope_tables_match_the_official_buffer(pmf_official_state):
+    model = official_to_model(pmf_official_state)
+    freqs = pmf_official_state["rope_freqs"]  # (patches, head_dim / 2) complex
     L = model.num_prefix
     assert torch.allclose(model.rope_cos[L:, 0::2], freqs.real, atol=1e-6)
     assert torch.allclose(model.rope_sin[L:, 1::2], freqs.imag, atol=1e-6)
     assert torch.equal(model.rope_cos[:L], torch.ones_like(model.rope_cos[:L]))  # prefix tokens not rotated
 
 
-def test_a_wrong_rope_buffer_is_refused(official_state):
-    bad = dict(official_state, rope_freqs=official_state["rope_freqs"].conj())
+def test_a_wrong_rope_buffer_is_refused(pmf_official_state):
+    bad = dict(pmf_official_state, rope_freqs=pmf_official_state["rope_freqs"].conj())
     with pytest.raises(ValueError, match="rope_freqs"):
         official_to_model(bad)
 
 
-def test_not_a_pmf_state_dict_is_a_one_line_error(official_state):
-    bad = {k: v for k, v in official_state.items() if k != "pos_embed"}
+def test_not_a_pmf_state_dict_is_a_one_line_error(pmf_official_state):
+    bad = {k: v for k, v in pmf_official_state.items() if k != "pos_embed"}
     with pytest.raises(ValueError, match="no 'pos_embed' tensor"):
         official_to_model(bad, source="x.pt")
-    extra = dict(from_official_keys(official_state), **{"u_heads.0.extra": torch.zeros(1)})
+    extra = dict(from_official_keys(pmf_official_state), **{"u_heads.0.extra": torch.zeros(1)})
     with pytest.raises(ValueError, match="unexpected"):
         infer_pmf_config(shapes_of(extra), "x.pt")
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .pmf_config import PMFConfig, find_pmf_preset, validated_config
+from .pmf_config import PMFConfig, config_of_preset, find_pmf_preset, validated_config
 
 
 @dataclass
@@ -49,8 +49,6 @@ class JiTConfig:
         return validated_config(cls, fields, source, "model_config")
 
 
-CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(JiTConfig))
-
 # ---------------------------------------------------------------------------------------------
 # Presets. Official ones follow the public code; Ti/S are small presets for CPU work and tests.
 # Small presets default to an 8x8 token grid (32 px at patch 4, 64 at 8, 128 at 16).
@@ -78,12 +76,7 @@ for _family, _arch in _FAMILIES.items():
 
 def preset_config(name: str, **overrides) -> JiTConfig:
     """The :class:`JiTConfig` of a preset with ``overrides`` applied (e.g. input_size, num_classes)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    unknown = set(overrides) - CONFIG_FIELDS
-    if unknown:
-        raise ValueError(f"unknown model argument(s) {sorted(unknown)}; known: {sorted(CONFIG_FIELDS)}")
-    return JiTConfig.from_dict({**PRESETS[name], **overrides}, source=f"preset {name}")
+    return config_of_preset(JiTConfig, PRESETS, name, overrides, "model", "model")
 
 
 def find_preset(config: JiTConfig | Mapping[str, Any]) -> str | None:

@@ -101,7 +101,17 @@ def validated_config(cls, fields: Mapping[str, Any], source: str, what: str):
     return config
 
 
-PMF_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(PMFConfig))
+def config_of_preset(cls, presets: Mapping[str, Mapping], name: str, overrides: Mapping[str, Any], kind: str,
+                     arguments: str):  # fmt: skip
+    """``cls`` from preset ``name`` with ``overrides`` (JiT and pMF); an unknown preset or override is a
+    one-line ValueError ("unknown {kind} preset ...", "unknown {arguments} argument(s) ...")."""
+    if name not in presets:
+        raise ValueError(f"unknown {kind} preset {name!r}; choose one of: {', '.join(presets)}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"unknown {arguments} argument(s) {sorted(unknown)}; known: {sorted(known)}")
+    return cls.from_dict({**presets[name], **overrides}, source=f"preset {name}")
 
 
 @dataclass(frozen=True)
@@ -148,12 +158,7 @@ for _family, _arch in _FAMILIES.items():
 
 def pmf_preset_config(name: str, **overrides) -> PMFConfig:
     """The :class:`PMFConfig` of a preset with ``overrides`` applied (e.g. input_size, num_classes)."""
-    if name not in PMF_PRESETS:
-        raise ValueError(f"unknown pMF preset {name!r}; choose one of: {', '.join(PMF_PRESETS)}")
-    unknown = set(overrides) - PMF_CONFIG_FIELDS
-    if unknown:
-        raise ValueError(f"unknown pMF model argument(s) {sorted(unknown)}; known: {sorted(PMF_CONFIG_FIELDS)}")
-    return PMFConfig.from_dict({**PMF_PRESETS[name], **overrides}, source=f"preset {name}")
+    return config_of_preset(PMFConfig, PMF_PRESETS, name, overrides, "pMF", "pMF model")
 
 
 def find_pmf_preset(config: PMFConfig) -> str | None:
