@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_studio import make_run
+from studio_run import make_run
 
 from jit_diffusion.core.errors import UserError
 from jit_diffusion.studio.edits import Editor
