@@ -118,3 +118,41 @@ def test_convert_then_sample_gives_the_same_images(tmp_path):
                      "--npz", str(tmp_path / name)]) == 0  # fmt: skip
     with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
         np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
+
+
+def test_class_scale_in_sample_and_eval(model, tmp_path):
+    npz = tmp_path / "s.npz"
+    assert main(["sample", str(OFFICIAL), "--classes", "0,3", "--per-class", "1", "--cfg", "2", "--class-scale", "1.5",
+                 "--device", "cpu", "--npz", str(npz)]) == 0  # fmt: skip
+    with np.load(npz) as f:
+        images = f["arr_0"]
+    out = tmp_path / "eval"
+    assert main(["eval", str(OFFICIAL), "--num", "5", "--cfg", "2", "--class-scale", "1,1.5", "--metrics", "none",
+                 "--device", "cpu", "--out", str(out)]) == 0  # fmt: skip
+    with (out / "sweep.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["setting"], float(r["class_scale"]), r["nfe"]) for r in rows] == [
+        ("ema1-cfg2", 1.0, "1"), ("ema1-cfg2-cs1.5", 1.5, "1")]  # fmt: skip
+    record = json.loads((out / "ema1-cfg2-cs1.5" / "metrics.json").read_text())
+    assert record["sampling"]["class_scale"] == 1.5 and "class_scale" not in json.loads(
+        (out / "ema1-cfg2" / "metrics.json").read_text())["sampling"]  # fmt: skip
+    chunk = np.load(next((out / "ema1-cfg2-cs1.5" / "samples").glob("*.npz")))["arr_0"]
+    plain = np.load(next((out / "ema1-cfg2" / "samples").glob("*.npz")))["arr_0"]
+    assert not np.array_equal(chunk, plain)
+    np.testing.assert_array_equal(images[0], chunk[0])  # image 0: class 0, noise 0, in both commands
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_class_scale_on_a_jit_model_is_a_one_line_error(command, tmp_path, capsys):
+    from conftest import lively_jit
+
+    from jit_diffusion.models.config import preset_config
+    from jit_diffusion.models.pretrained import save_pretrained
+
+    export = save_pretrained(lively_jit(preset_config("JiT-Ti/4", input_size=8, num_classes=3)), tmp_path / "exp")
+    out = ["--npz", str(tmp_path / "x.npz")] if command == "sample" else ["--out", str(tmp_path / "e"), "--num",
+                                                                           "4", "--metrics", "none"]  # fmt: skip
+    assert main([command, str(export), "--class-scale", "1.5", "--device", "cpu", *out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--class-scale 1.5: a jit model has no class scale" in err
+    assert not (tmp_path / "x.npz").exists() and not (tmp_path / "e").exists()

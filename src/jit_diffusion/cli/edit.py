@@ -241,7 +241,7 @@ def _common(p: argparse.ArgumentParser, inputs: bool = True, outputs: str | None
                             "default null = unconditional)")  # fmt: skip
     p.add_argument("--cfg", type=float, default=None,
                    help=f"guidance weight (default: {cfg}); for a pMF model the omega it is conditioned on")
-    add_sampling_args(p)
+    add_sampling_args(p, class_scale=False)
     if outputs is None:
         return
     p.add_argument("--grid", default=None, help=f"write a PNG grid of {outputs} here")

@@ -19,6 +19,7 @@ from ..diffusion.generate import (
     DEFAULT_STEPS,
     SAMPLER_NAMES,
     check_cfg,
+    check_class_scale,
     check_method,
     compile_for_sampling,
     generate,
@@ -36,8 +37,9 @@ def ode_only_flags(args: argparse.Namespace) -> list[str]:
     return [flag for flag, on in given if on]
 
 
-def add_sampling_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
-    """Sampler flags shared by ``jit sample`` and ``jit eval`` (``sweep``: --steps and --method take lists)."""
+def add_sampling_args(p: argparse.ArgumentParser, sweep: bool = False, class_scale: bool = True) -> None:
+    """Sampler flags shared by ``jit sample``, ``jit eval`` and ``jit edit`` (``sweep``: --steps, --method and
+    --class-scale take lists; ``class_scale``: whether to offer --class-scale)."""
     if sweep:
         p.add_argument("--steps", default=None,
                        help="steps, comma list for a sweep (default: the model's; 50 for JiT, 1 for pMF)")
@@ -59,6 +61,12 @@ def add_sampling_args(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     p.add_argument("--interval", type=interval_arg(), default=None,
                    help="CFG interval min,max in t, t = 1 clean (default: the model's, usually 0.1,1.0; pMF B/16 "
                         "0.3,0.9)")  # fmt: skip
+    scale_help = ("pMF: each class embedding e moved away from the classes' mean m, m + S (e - m): a stronger "
+                  "class at no extra evaluation (default 1 = off; 1.5 for the README's short-run recipe)")
+    if class_scale and sweep:
+        p.add_argument("--class-scale", default=None, help=scale_help + "; comma list for a sweep")
+    elif class_scale:
+        p.add_argument("--class-scale", type=float, default=1.0, help=scale_help)
     p.add_argument("--seed", type=int, default=0, help="noise seed; image i always gets the same noise")
     p.add_argument("--batch-size", type=at_least(1), default=64, help="images per forward batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -99,6 +107,7 @@ def run_sample(args: argparse.Namespace) -> None:
         print("unconditional model: ignoring --cfg")
         cfg = 1.0
     check_cfg(info.family, cfg, info.model_config)
+    check_class_scale(info.family, args.class_scale)
     steps = args.steps or info.steps or DEFAULT_STEPS
     method = args.method or info.method
     if method in METHODS:  # the ODE grid's checks (t_eps, --shift), before any image
@@ -108,7 +117,8 @@ def run_sample(args: argparse.Namespace) -> None:
                       steps=steps, method=method, noise_scale=info.noise_scale,
                       t_eps=info.t_eps, prediction=info.prediction, grid=args.time_grid, shift=args.shift,
                       final=args.final, batch_size=args.batch_size, device=device,
-                      precision=args.precision, progress=True, family=info.family)  # fmt: skip
+                      precision=args.precision, progress=True, family=info.family,
+                      class_scale=args.class_scale)  # fmt: skip
     write_outputs(images, labels, args, nrow=args.per_class, image_size=info.image_size)
 
 

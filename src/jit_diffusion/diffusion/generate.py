@@ -14,22 +14,24 @@ from tqdm.auto import tqdm
 
 from ..core.device import autocast_context, resolve_device
 from ..core.images import make_grid, save_grid, save_npz, save_png_folder, to_uint8
+from .pmf_sampling import check_class_scale as _check_scale_value
 from .pmf_sampling import check_guidance_tokens, sample_pmf
 from .sampling import METHODS, check_interval, image_noise, network_evaluations, sample, sampling_times
 
-__all__ = ["DEFAULT_STEPS", "FAMILY_SAMPLERS", "SAMPLER_NAMES", "autocast_context", "check_cfg", "check_method",
-           "evaluations", "generate", "image_noise", "interval_arg", "make_grid", "parse_classes", "parse_interval",
-           "resolve_device", "save_grid", "save_npz", "save_png_folder", "to_uint8"]  # fmt: skip
+__all__ = ["DEFAULT_STEPS", "FAMILY_SAMPLERS", "SAMPLER_NAMES", "autocast_context", "check_cfg", "check_class_scale",
+           "check_method", "evaluations", "generate", "image_noise", "interval_arg", "make_grid", "parse_classes",
+           "parse_interval", "resolve_device", "save_grid", "save_npz", "save_png_folder", "to_uint8"]  # fmt: skip
 
 PMF_METHOD = "pmf"
 
 
 def _pmf_sample(model, noise, labels, *, method: str | None = PMF_METHOD, steps: int = 1, cfg: float = 1.0,
-                cfg_interval: Sequence[float] = (0.0, 1.0), noise_scale: float = 1.0, **_solver_options):  # fmt: skip
+                cfg_interval: Sequence[float] = (0.0, 1.0), noise_scale: float = 1.0, class_scale: float = 1.0,
+                **_solver_options):  # fmt: skip
     """:func:`sample_pmf` with :func:`sampling.sample`'s keywords: ``cfg`` is omega, ``cfg_interval`` in our
     time; the ODE solver's options (grid, shift, t_eps, prediction, final) do not apply."""
     check_method("pmf", method)
-    return sample_pmf(model, labels, noise, steps, cfg, cfg_interval, noise_scale=noise_scale)
+    return sample_pmf(model, labels, noise, steps, cfg, cfg_interval, noise_scale=noise_scale, class_scale=class_scale)
 
 
 class FamilySampler(NamedTuple):
@@ -83,6 +85,15 @@ def check_cfg(family: str, cfg: float, model_config: Mapping | None = None) -> N
         check_guidance_tokens(cfg, model_config or {})
 
 
+def check_class_scale(family: str, scale: float) -> None:
+    """A one-line ValueError when ``--class-scale`` is not 1 for a family without it (pMF alone has it) or is
+    not a number >= 0."""
+    if scale != 1.0 and family != "pmf":
+        raise ValueError(f"--class-scale {scale:g}: a {family} model has no class scale (a pMF sampling option; "
+                         "JiT models have --cfg)")  # fmt: skip
+    _check_scale_value(scale)
+
+
 def evaluations(family: str, method: str, steps: int, **grid) -> int:
     """Network evaluations per image of ``family``'s sampler ``method`` with ``steps`` steps (``grid``: the
     ODE solvers' grid keywords of :func:`sampling.sampling_times`, unused by pMF)."""
@@ -109,8 +120,13 @@ def generate(
     ``t_eps``, ``prediction``, ``grid``, ``shift``, ``final``); ``family`` picks the sampler (``pmf``: cfg is
     omega, cfg_interval in our time, ``steps`` evaluations, the ODE options unused).
 
+    ``class_scale`` (pMF only, see :func:`sample_pmf`) is checked here, before any work.
+
     Returns uint8 (N, H, W, 3).
     """
+    check_class_scale(family, sampler.get("class_scale", 1.0))
+    if sampler.get("class_scale") == 1.0:
+        del sampler["class_scale"]  # 1 is every family's plain sampler
     run = _sampler(family).run
     device = resolve_device(device)
     labels = torch.as_tensor(labels, dtype=torch.long)

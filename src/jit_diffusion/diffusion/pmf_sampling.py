@@ -11,6 +11,7 @@ Starting noise: :func:`jit_diffusion.sampling.image_noise` (image i always gets 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -46,6 +47,12 @@ def check_guidance_tokens(omega: float, model_config: Mapping) -> None:
                          "guidance); sample it with --cfg 1")  # fmt: skip
 
 
+def check_class_scale(scale: float, flag: str = "--class-scale") -> None:
+    """A one-line ValueError unless the class scale is a finite number >= 0 (1: off, 0: the mean class)."""
+    if not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"{flag} must be a number >= 0 (1 = off), got {scale:g}")
+
+
 @torch.no_grad()
 def sample_pmf(
     model,
@@ -59,15 +66,19 @@ def sample_pmf(
     start: float = 1.0,
     image: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
+    class_scale: float = 1.0,
 ) -> torch.Tensor:
     """Images (B, C, H, W), fp32, about [-1, 1], from standard-normal ``noise`` and ``labels`` (B,).
 
     ``omega`` is the guidance weight the network is conditioned on (the CLI's --cfg), ``interval`` the
     guidance interval in our time; ``steps`` network evaluations. Editing: from pMF time ``start`` < 1 the
     state starts on the path (1 - start) image + start noise (image-to-image; start 0 returns it with no
-    evaluation), and where ``keep`` is True the state is put back on that path before every step (inpainting)."""
+    evaluation), and where ``keep`` is True the state is put back on that path before every step (inpainting).
+    ``class_scale`` S moves each class embedding e away from the classes' mean m, m + S (e - m): a stronger
+    class at no extra evaluation (1: off; see :meth:`PMF.class_condition`)."""
     if omega < 1.0:
         raise ValueError(f"the pMF guidance weight omega must be >= 1, got {omega}")
+    check_class_scale(class_scale)
     config = getattr(model, "config", None)  # a torch.compile wrapper passes the attribute through
     check_guidance_tokens(omega, vars(config) if dataclasses.is_dataclass(config) else {})
     t_min, t_max = network_interval(interval)
@@ -82,6 +93,7 @@ def sample_pmf(
     rows = lambda value: torch.full((B,), float(value), device=device)  # noqa: E731
     for s, r in zip(times[:-1], times[1:]) if start > 0 else ():
         z = z if keep is None else torch.where(keep, path(s), z)
-        u, _ = model(z, rows(s), rows(s - r), rows(omega), rows(t_min), rows(t_max), labels, heads="u")
+        u, _ = model(z, rows(s), rows(s - r), rows(omega), rows(t_min), rows(t_max), labels, heads="u",
+                     **({"class_scale": class_scale} if class_scale != 1.0 else {}))  # fmt: skip
         z = z - (s - r) * u.float()  # an average-velocity step in pMF time
     return z

@@ -29,6 +29,7 @@ from ..diffusion.generate import (
     DEFAULT_STEPS,
     SAMPLER_NAMES,
     check_cfg,
+    check_class_scale,
     check_method,
     compile_for_sampling,
     evaluations,
@@ -149,7 +150,10 @@ def _plan(args, metrics: list[str], axes: SweepAxes, emas: list[str], models: So
         check_method(info.family, method)
     for cfg in cfgs:
         check_cfg(info.family, cfg, info.model_config)
-    settings = sweep_settings(emas, cfgs, methods, axes.steps or [info.steps or DEFAULT_STEPS])
+    for scale in axes.class_scales or []:
+        check_class_scale(info.family, scale)
+    settings = sweep_settings(emas, cfgs, methods, axes.steps or [info.steps or DEFAULT_STEPS],
+                              axes.class_scales or [1.0])  # fmt: skip
     for setting in settings:  # the ODE grid's checks (the model's t_eps, --shift) before anything is generated
         if setting.method in METHODS:
             sampling_times(setting.method, setting.steps, grid=args.time_grid, shift=args.shift, cfg=setting.cfg,
@@ -159,11 +163,12 @@ def _plan(args, metrics: list[str], axes: SweepAxes, emas: list[str], models: So
 
 
 class SweepAxes(NamedTuple):
-    """The comma lists of --cfg, --method and --steps (None: the model's default)."""
+    """The comma lists of --cfg, --method, --steps and --class-scale (None: the model's default)."""
 
     cfgs: list[float] | None
     methods: list[str] | None
     steps: list[int] | None
+    class_scales: list[float] | None = None
 
 
 
@@ -172,7 +177,9 @@ def _sweep_axes(args: argparse.Namespace) -> SweepAxes:
     before any sampling."""
     axes = SweepAxes(cfgs=parse_list(args.cfg, "--cfg", float, "1.5,2.0") if args.cfg else None,
                      methods=parse_list(args.method, "--method") if args.method else None,
-                     steps=parse_list(args.steps, "--steps", int, "10,20") if args.steps else None)  # fmt: skip
+                     steps=parse_list(args.steps, "--steps", int, "10,20") if args.steps else None,
+                     class_scales=parse_list(args.class_scale, "--class-scale", float, "1,1.5")
+                     if args.class_scale else None)  # fmt: skip
     for method in axes.methods or []:
         if method not in SAMPLER_NAMES:
             raise ValueError(f"--method: unknown solver {method!r}; choose from {', '.join(SAMPLER_NAMES)}")
@@ -196,6 +203,8 @@ def _sampling_record(args, info, setting: Setting, plan: EvalPlan) -> dict:
     }  # fmt: skip
     if info.family != "jit":  # named only for other families, so older folders still resume
         record["family"] = info.family
+    if setting.class_scale != 1:  # likewise
+        record["class_scale"] = setting.class_scale
     if setting.method not in METHODS:  # no ODE grid (pMF)
         return record
     grid, shift = resolve_grid(setting.method, args.time_grid, args.shift)
@@ -224,6 +233,7 @@ def _generate(args, plan: EvalPlan, models: Source, dist_info) -> dict[str, dict
                 steps=setting.steps, method=setting.method, noise_scale=info.noise_scale, t_eps=info.t_eps,
                 prediction=info.prediction, grid=args.time_grid, shift=args.shift, final=args.final,
                 batch_size=args.batch_size, device=dist_info.device, precision=args.precision, family=info.family,
+                class_scale=setting.class_scale,
             )  # fmt: skip
             done[setting.name] = {"chunks": made, "seconds": round(time.perf_counter() - start, 2)}
     return done

@@ -23,34 +23,38 @@ from ..core.fileio import atomic_write_bytes
 
 @dataclass(frozen=True)
 class Setting:
-    """One point of a sweep: which weights, guidance weight, solver and number of steps."""
+    """One point of a sweep: which weights, guidance weight, solver, number of steps and (pMF) class scale."""
 
     ema: str
     cfg: float
     method: str = "heun"
     steps: int = 50
+    class_scale: float = 1.0
     # the solver and steps are part of the folder name only when the sweep varies them
     name_sampler: bool = dataclasses.field(default=False, compare=False, repr=False)
 
     @property
     def name(self) -> str:
-        """Folder name of the setting's samples and metrics, e.g. ``ema1-cfg2.9`` or ``ema1-cfg2.9-dpm++2m-10``."""
-        return f"{self.ema}-cfg{self.cfg:g}" + (f"-{self.method}-{self.steps}" if self.name_sampler else "")
+        """Folder name of the setting's samples and metrics, e.g. ``ema1-cfg2.9``, ``ema1-cfg2.9-dpm++2m-10`` or
+        (a class scale other than 1) ``ema1-cfg1-cs1.5``."""
+        sampler = f"-{self.method}-{self.steps}" if self.name_sampler else ""
+        return f"{self.ema}-cfg{self.cfg:g}{sampler}" + (f"-cs{self.class_scale:g}" if self.class_scale != 1 else "")
 
     def fields(self) -> dict:
         """The setting's axes and their values, in declaration order."""
         return {a: getattr(self, a) for a in AXES}
 
 
-AXES = ("ema", "cfg", "method", "steps")
+AXES = ("ema", "cfg", "method", "steps", "class_scale")
 
 
 def sweep_settings(emas: Sequence[str], cfgs: Sequence[float], methods: Sequence[str] = ("heun",),
-                   steps: Sequence[int] = (50,)) -> list[Setting]:  # fmt: skip
+                   steps: Sequence[int] = (50,), class_scales: Sequence[float] = (1.0,)) -> list[Setting]:  # fmt: skip
     """Every combination of the axes' values, the first axis slowest."""
     methods, steps = list(dict.fromkeys(methods)), list(dict.fromkeys(steps))
     name_sampler = len(methods) > 1 or len(steps) > 1
-    return [Setting(*values, name_sampler=name_sampler) for values in itertools.product(emas, cfgs, methods, steps)]
+    axes = itertools.product(emas, cfgs, methods, steps, dict.fromkeys(class_scales))
+    return [Setting(*values, name_sampler=name_sampler) for values in axes]
 
 
 def parse_list(text: str, flag: str, kind=str, example: str = "") -> list:

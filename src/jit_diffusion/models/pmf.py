@@ -207,10 +207,20 @@ class PMF(nn.Module):
                 nn.init.zeros_(final.linear.bias)
         self.init_tables()
 
-    def trunk(self, z, h, omega, t_min, t_max, y) -> torch.Tensor:
+    def class_condition(self, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """The class embeddings (B, H); with ``scale`` != 1 each is moved away from the mean m of the classes'
+        embeddings: m + scale (e_y - m) (sampling-time class emphasis; the null label stays as it is)."""
+        e = self.y_embedder(y)
+        if scale == 1.0 or self.num_classes == 0:
+            return e
+        m = self.y_embedder.embedding_table.weight[: self.num_classes].mean(dim=0)
+        return torch.where((y < self.num_classes).unsqueeze(1), m + scale * (e - m), e)
+
+    def trunk(self, z, h, omega, t_min, t_max, y, class_scale: float = 1.0) -> torch.Tensor:
         """Prefix + patch tokens through the shared blocks: (B, num_prefix + N, H)."""
-        conditions = (self.y_embedder(y), self.omega_embedder(1 - 1 / omega), self.cfg_t_start_embedder(t_min),
-                      self.cfg_t_end_embedder(t_max), self.h_embedder(h))  # (B, H) each  # fmt: skip
+        conditions = (self.class_condition(y, class_scale), self.omega_embedder(1 - 1 / omega),
+                      self.cfg_t_start_embedder(t_min), self.cfg_t_end_embedder(t_max),
+                      self.h_embedder(h))  # (B, H) each  # fmt: skip
         patches = self.x_embedder(z)  # (B, N, H)
         prefix = [(getattr(self, name) + c.unsqueeze(1)).to(patches.dtype) for name, c in zip(_PREFIX, conditions)]
         x = torch.cat([*prefix, patches], dim=1) + self.pos_embed.to(patches.dtype)  # (B, L + N, H)
@@ -233,12 +243,16 @@ class PMF(nn.Module):
         """(z - x_hat) / clip(t, 0.05, 1): the velocity in pMF time of an image prediction (fp32)."""
         return (at_least_fp32(z) - at_least_fp32(x_pred)) / at_least_fp32(t).clamp(0.05, 1.0).view(-1, 1, 1, 1)
 
-    def forward(self, z, t, h, omega, t_min, t_max, y, heads: str | None = None, jvp_tangent=None, jvp_rows=None):
+    def forward(self, z, t, h, omega, t_min, t_max, y, heads: str | None = None, jvp_tangent=None, jvp_rows=None,
+                class_scale: float = 1.0):  # fmt: skip
         """z (B, C, H, W); t, h, omega, t_min, t_max (B,) in pMF time; y (B,). Returns (u, v).
 
         ``heads``: "u", "v" or "uv" (default: both when the model has a v head, else "u").
+        ``class_scale``: see :meth:`class_condition` (the plain forward only; training keeps 1).
         ``jvp_tangent`` (B, C, H, W): return (u, v, du/dt) instead, see :meth:`forward_with_jvp`;
         ``jvp_rows`` (B,) bool: du/dt is needed only there (0 elsewhere), see :meth:`jvp_on_rows`."""
+        if jvp_tangent is not None and class_scale != 1.0:
+            raise ValueError("class_scale is a sampling option: the forward with a JVP takes the plain class")
         if jvp_tangent is not None and jvp_rows is not None and self.jvp_transform == "forward_ad":
             return self.jvp_on_rows(z, t, h, omega, t_min, t_max, y, jvp_tangent, jvp_rows)
         if jvp_tangent is not None and self.jvp_transform in DIFFERENCES:
@@ -249,7 +263,7 @@ class PMF(nn.Module):
         if jvp_tangent is not None:
             return self.forward_with_jvp(z, t, h, omega, t_min, t_max, y, jvp_tangent)
         heads = ("uv" if self.has_v_head else "u") if heads is None else heads
-        tokens = self.trunk(z, h, omega, t_min, t_max, y)
+        tokens = self.trunk(z, h, omega, t_min, t_max, y, class_scale)
         u = self.velocity(z, self.head(tokens, "u"), t) if "u" in heads else None
         v = self.velocity(z, self.head(tokens, "v"), t) if "v" in heads else None
         return u, v
