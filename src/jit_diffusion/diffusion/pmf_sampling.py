@@ -94,6 +94,6 @@ def sample_pmf(
     for s, r in zip(times[:-1], times[1:]) if start > 0 else ():
         z = z if keep is None else torch.where(keep, path(s), z)
         u, _ = model(z, rows(s), rows(s - r), rows(omega), rows(t_min), rows(t_max), labels, heads="u",
-                     **({"class_scale": class_scale} if class_scale != 1.0 else {}))  # fmt: skip
+                     class_scale=class_scale)  # fmt: skip
         z = z - (s - r) * u.float()  # an average-velocity step in pMF time
     return z
